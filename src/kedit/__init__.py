@@ -1,0 +1,43 @@
+"""kedit: knowledge editing for Hugging Face causal LMs, with an audit of every edit.
+
+Example:
+    >>> import kedit
+    >>> kedit.EditRequest("{} plays the sport of", "Michael Jordan", "baseball").text
+    'Michael Jordan plays the sport of'
+"""
+
+from kedit.api import edit, evaluate, load_model
+from kedit.data import DATASETS, load_dataset
+from kedit.env import Environment
+from kedit.eval.metrics import METRICS
+from kedit.eval.runner import EvalReport
+from kedit.methods import METHODS, Edit, EditMethod, EditSession
+from kedit.model.arch import ArchSpec, arch_of, register_arch
+from kedit.model.lm import HFLanguageModel, LanguageModel
+from kedit.types import EditCase, EditRequest, Probe, ProbeKind
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DATASETS",
+    "METHODS",
+    "METRICS",
+    "ArchSpec",
+    "Edit",
+    "EditCase",
+    "EditMethod",
+    "EditRequest",
+    "EditSession",
+    "Environment",
+    "EvalReport",
+    "HFLanguageModel",
+    "LanguageModel",
+    "Probe",
+    "ProbeKind",
+    "arch_of",
+    "edit",
+    "evaluate",
+    "load_dataset",
+    "load_model",
+    "register_arch",
+]

@@ -1,0 +1,224 @@
+"""Command line: parse, call the API, print. ``main(argv)`` returns the exit code.
+
+Examples::
+
+    kedit edit --method rome --prompt "{} is located in the city of" \\
+        --subject "The Eiffel Tower" --target Rome
+    kedit eval --method rome --dataset counterfact --limit 20 --out runs/rome
+    kedit ls methods
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from kedit import api
+from kedit.config import parse_override
+from kedit.console import format_predictions, format_summary
+from kedit.data import DATASETS
+from kedit.env import Environment
+from kedit.eval.metrics import METRICS
+from kedit.methods import ALIASES, METHODS, get_method
+from kedit.model.arch import ARCHS, ArchSpec
+from kedit.model.lm import as_language_model
+from kedit.model.loading import ALIASES as MODEL_ALIASES
+from kedit.model.loading import DEFAULT_MODEL
+from kedit.types import EditRequest
+
+log = logging.getLogger("kedit")
+
+UNRELATED = [
+    "The capital of Japan is",
+    "Water is made of hydrogen and",
+    "The Great Wall is located in",
+    "The largest planet in the solar system is",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kedit",
+        description="Edit facts in language models and audit the edits.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("::")[1],
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"Hub id, local folder or alias (default {DEFAULT_MODEL})",
+    )
+    common.add_argument("--method", default="rome", help="editing method (kedit ls methods)")
+    common.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a method hyperparameter, e.g. --set layer=5",
+    )
+    common.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    common.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    common.add_argument("--data-dir", help="benchmark data folder (default $KEDIT_DATA_DIR)")
+    common.add_argument("--cache-dir", help="statistics and model cache (default $KEDIT_CACHE_DIR)")
+    common.add_argument(
+        "--stats-corpus",
+        default="wikitext-2",
+        help="text for covariance statistics: a file, wikitext-2, or hf:NAME",
+    )
+    common.add_argument("--arch", help="YAML ArchSpec for a model_type kedit does not know")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_argument("-v", "--verbose", action="store_true")
+
+    edit = sub.add_parser("edit", parents=[common], help="apply one edit and show its effect")
+    edit.add_argument("--prompt", required=True, help="template with {} for the subject")
+    edit.add_argument("--subject", required=True)
+    edit.add_argument("--target", required=True, help="the new answer")
+    edit.add_argument("--target-true", help="the current answer (optional)")
+    edit.add_argument(
+        "--paraphrase",
+        help="another wording of the prompt (default: the prompt "
+        "after an unrelated sentence, like CounterFact's paraphrases)",
+    )
+    edit.add_argument("--unrelated", help="a prompt the edit must not change")
+    edit.add_argument("--top-k", type=int, default=5)
+
+    ev = sub.add_parser("eval", parents=[common], help="edit and audit every case of a dataset")
+    ev.add_argument("--dataset", default="demo", help="dataset name or file (kedit ls datasets)")
+    ev.add_argument("--limit", type=int, help="first N cases")
+    ev.add_argument("--metrics", help="comma-separated metric names (default: all)")
+    ev.add_argument("--out", help="folder for results.jsonl, run.json, summary.json")
+    ev.add_argument("--resume", action="store_true", help="continue the run in --out")
+    ev.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    ls = sub.add_parser("ls", help="list methods, metrics, datasets or models")
+    ls.add_argument("what", choices=["methods", "metrics", "datasets", "models"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "ls":
+            print(list_things(args.what))
+            return 0
+        return {"edit": run_edit, "eval": run_eval}[args.command](args)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, OSError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"kedit: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _environment(args: argparse.Namespace) -> Environment:
+    kwargs: dict[str, Any] = {
+        "stats_corpus": args.stats_corpus,
+        "seed": args.seed,
+        "progress": not args.quiet,
+    }
+    if args.cache_dir:
+        kwargs["cache_dir"] = Path(args.cache_dir)
+    if args.data_dir:
+        kwargs["data_dir"] = Path(args.data_dir)
+    return Environment(**kwargs)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(parse_override(item) for item in args.set)
+
+
+def _load(args: argparse.Namespace, env: Environment) -> tuple[Any, Any]:
+    get_method(args.method)  # fail on a typo before loading a model
+    if args.arch:
+        ARCHS.register(ArchSpec.from_yaml(args.arch), replace=True)
+    return api.load_model(args.model, device=args.device, dtype=args.dtype, cache_dir=env.cache_dir)
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    env = _environment(args)
+    request = EditRequest(args.prompt, args.subject, args.target, args.target_true)
+    model, tok = _load(args, env)
+    paraphrase = args.paraphrase or f"Here is a fact. {request.text}"
+    unrelated = args.unrelated or next(
+        p
+        for p in UNRELATED
+        if args.subject.lower() not in p.lower() and args.target.lower() not in p.lower()
+    )
+    prompts = [("edit prompt", request.text), ("paraphrase", paraphrase), ("unrelated", unrelated)]
+    lm = as_language_model(model, tok)
+    before = lm.next_token_logprobs([p for _, p in prompts])
+    edit = api.edit(model, tok, request, method=args.method, env=env, **_overrides(args))
+    try:
+        after = edit.lm.next_token_logprobs([p for _, p in prompts])
+        print(format_predictions(prompts, before, after, tok, args.top_k))
+        info = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in edit.info.items()
+        )
+        print(f"\n{edit.method}: {info}")
+    finally:
+        edit.restore()
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    env = _environment(args)
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    for name in metrics or []:
+        METRICS[name]
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out: the folder of the run to continue")
+    model, tok = _load(args, env)
+    report = api.evaluate(
+        model,
+        tok,
+        args.dataset,
+        args.method,
+        overrides=_overrides(args),
+        metrics=metrics,
+        limit=args.limit,
+        out_dir=args.out,
+        resume=args.resume,
+        env=env,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(report.summary, indent=1))
+    else:
+        print(format_summary(report))
+        if report.out_dir:
+            print(f"\nper-case results: {report.out_dir / 'results.jsonl'}")
+    return 0
+
+
+def list_things(what: str) -> str:
+    if what == "methods":
+        rows = [
+            (n, "batch" if METHODS[n].supports_batch else "single", METHODS.help(n))
+            for n in METHODS.names()
+        ]
+        rows += [(a, "alias", f"= {t}") for a, t in ALIASES.items()]
+    elif what == "metrics":
+        rows = [(n, METRICS[n].group, METRICS[n].protocol) for n in METRICS.names()]
+    elif what == "datasets":
+        rows = [
+            (n, "bundled" if s.bundled else s.relpath, s.description) for n, s in DATASETS.items()
+        ]
+    else:
+        rows = [(n, a.hub_id, a.description) for n, a in MODEL_ALIASES.items()]
+        rows += [(t, "architecture", "model_type kedit can edit") for t in ARCHS.names()]
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    return "\n".join(f"{a:<{width[0]}}  {b:<{width[1]}}  {c}" for a, b, c in rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Method hyperparameters: dataclass defaults -> preset per model_type -> user overrides.
+
+Every method has a ``@dataclass(kw_only=True)`` subclass of :class:`MethodConfig` whose defaults
+are the paper's. Presets in ``kedit/presets/<method>/<model_type>.yaml`` override only what
+differs for an architecture; a preset may also hold a ``by_num_layers`` table for sizes of one
+family (GPT-2 small and XL share ``model_type``). User overrides come last. Unknown keys and
+wrongly typed values are rejected with a message naming the valid fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C", bound="MethodConfig")
+
+
+@dataclasses.dataclass(kw_only=True)
+class MethodConfig:
+    """Base of all method configs; subclasses add fields with the paper's defaults."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for values out of range. Subclasses extend this."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+        """Build a config, rejecting unknown keys and values of the wrong type."""
+        check_keys(cls, values)
+        hints = typing.get_type_hints(cls)
+        coerced = {k: _coerce(k, v, hints[k], cls.__name__) for k, v in values.items()}
+        return cls(**coerced)
+
+    def replace(self: C, **overrides: Any) -> C:
+        """A copy with ``overrides`` applied and validated like :meth:`from_dict`."""
+        return type(self).from_dict({**self.to_dict(), **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls: type[C], text: str) -> C:
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{cls.__name__} YAML must be a mapping, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+
+def check_keys(cls: type[MethodConfig], values: Mapping[str, Any]) -> None:
+    known = cls.field_names()
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(
+            f"unknown {cls.__name__} field(s): {', '.join(hints)}. Valid fields: {', '.join(known)}"
+        )
+
+
+def _coerce(key: str, value: Any, hint: Any, owner: str) -> Any:
+    """Check ``value`` against a type hint, converting the lossless cases (int -> float, str
+    numbers from YAML or ``--set``)."""
+    ok, converted = _match(value, hint)
+    if not ok:
+        raise ValueError(f"{owner}.{key} expects {_hint_name(hint)}, got {value!r}")
+    return converted
+
+
+def _match(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, converted = _match(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if origin is typing.Literal:
+        return value in args, value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        item_hint = args[0] if args else Any
+        out = []
+        for item in value:
+            ok, converted = _match(item, item_hint)
+            if not ok:
+                return False, value
+            out.append(converted)
+        return True, list(out) if origin is list else tuple(out)
+    if origin is dict:
+        return isinstance(value, dict), value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if hint is int:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, int):
+            return True, value
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            return True, int(value)
+        return False, value
+    if hint is str:
+        return isinstance(value, str), value
+    return isinstance(value, hint) if isinstance(hint, type) else True, value
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse a CLI ``key=value`` override; the value is read as YAML (``0.5``, ``[4, 5]``)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like key=value, e.g. layer=5")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def preset_path(method: str, model_type: str) -> Path | None:
+    """The bundled preset file for ``method`` on ``model_type``, if there is one."""
+    candidate = resources.files("kedit") / "presets" / method / f"{model_type}.yaml"
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+def load_preset(
+    method: str, model_type: str, num_layers: int | None, config_cls: type[MethodConfig]
+) -> dict[str, Any]:
+    """Preset overrides for one architecture (and, if given, one depth of that family)."""
+    path = preset_path(method, model_type)
+    if path is None:
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.pop("base", None)  # "base: llama" starts from that architecture's preset
+    if base is not None:
+        data = {**load_preset(method, base, None, config_cls), **data}
+        by_base = _by_num_layers(method, base)
+        data["by_num_layers"] = {**by_base, **(data.get("by_num_layers") or {})}
+    by_layers = data.pop("by_num_layers", {}) or {}
+    if num_layers is not None and num_layers in by_layers:
+        data.update(by_layers[num_layers])
+    check_keys(config_cls, data)
+    return data
+
+
+def _by_num_layers(method: str, model_type: str) -> dict:
+    path = preset_path(method, model_type)
+    data = (yaml.safe_load(path.read_text()) or {}) if path else {}
+    return data.get("by_num_layers") or {}
+
+
+def resolve_config(
+    config_cls: type[C],
+    method: str,
+    model_type: str | None = None,
+    num_layers: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> C:
+    """Dataclass defaults, then the preset for ``model_type``, then ``overrides``."""
+    values: dict[str, Any] = {}
+    if model_type is not None:
+        values.update(load_preset(method, model_type, num_layers, config_cls))
+    values.update(overrides or {})
+    return config_cls.from_dict(values)

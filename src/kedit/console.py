@@ -1,0 +1,65 @@
+"""Plain-text tables for the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from kedit.eval.runner import EvalReport
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(f"{h:<{w}}" for h, w in zip(header, widths)), line]
+    out += ["  ".join(f"{c!s:<{w}}" for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(out)
+
+
+def format_summary(report: EvalReport) -> str:
+    """Metrics before and after editing, grouped as the survey groups them."""
+    s = report.summary
+    rows = [
+        (name, group, protocol, _fmt(pre), _fmt(post), str(n))
+        for name, group, protocol, pre, post, n in report.table()
+    ]
+    head = (
+        f"{s['run']['method']} on {s['run']['dataset']} ({s['run']['model']}): "
+        f"{s['cases']} cases, {s['errors']} errors; {s['protocol']}"
+    )
+    times = (
+        f"median edit time {_fmt(s['median_edit_time_s'])} s, "
+        f"median evaluation time per case {_fmt(s['median_eval_time_s'])} s"
+    )
+    table = format_table(("metric", "group", "protocol", "before", "after", "n"), rows)
+    return f"{head}\n\n{table}\n\n{times}"
+
+
+def format_predictions(
+    prompts: Sequence[tuple[str, str]],
+    before: torch.Tensor,
+    after: torch.Tensor,
+    tok: PreTrainedTokenizerBase,
+    top_k: int = 5,
+) -> str:
+    """Top-k next tokens before and after an edit, for each (label, prompt)."""
+    blocks = []
+    for (label, prompt), b, a in zip(prompts, before, after):
+        rows = []
+        tb, ta = b.topk(top_k), a.topk(top_k)
+        for i in range(top_k):
+            rows.append(
+                (
+                    str(i + 1),
+                    f"{tok.decode([int(tb.indices[i])])!r} {tb.values[i].exp():.3f}",
+                    f"{tok.decode([int(ta.indices[i])])!r} {ta.values[i].exp():.3f}",
+                )
+            )
+        blocks.append(f"{label}: {prompt!r}\n" + format_table(("#", "before", "after"), rows))
+    return "\n\n".join(blocks)

@@ -1,0 +1,198 @@
+"""One loader per benchmark format, each turning records into :class:`~kedit.types.EditCase`.
+
+Loaders read data in place (``--data-dir`` / ``KEDIT_DATA_DIR``); nothing is copied. A record
+that cannot be an edit (subject missing from its prompt, new answer equal to the old one) is
+skipped and counted in a warning, so one bad line does not stop a run of thousands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from kedit.types import EditCase, EditRequest, Probe, ProbeKind
+
+log = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+
+
+def read_json_records(path: Path) -> list[Record]:
+    """A JSON list, or JSON lines."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return data
+
+
+def build_cases(
+    records: Iterable[Record],
+    convert: Callable[[Record, int], EditCase],
+    source: str,
+    limit: int | None = None,
+) -> list[EditCase]:
+    """Convert records, skipping (and counting) the invalid ones, up to ``limit`` cases."""
+    cases: list[EditCase] = []
+    skipped: list[str] = []
+    for i, record in enumerate(records):
+        if limit is not None and len(cases) >= limit:
+            break
+        try:
+            cases.append(convert(record, i))
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            skipped.append(f"record {i}: {err}")
+    if skipped:
+        log.warning(
+            "%s: skipped %d record(s) that cannot be edits, first: %s",
+            source,
+            len(skipped),
+            skipped[0],
+        )
+    return cases
+
+
+def _str_id(record: Record, index: int, key: str = "case_id") -> str:
+    return str(record.get(key, index))
+
+
+# -- CounterFact, flat schema (EasyEdit / MEND split) ----------------------------------------
+
+
+def counterfact_flat(record: Record, index: int) -> EditCase:
+    """``prompt, subject, target_new, ground_truth, rephrase_prompt, locality_prompt,
+    locality_ground_truth``."""
+    request = EditRequest.from_text(
+        record["prompt"], record["subject"], record["target_new"], record["ground_truth"]
+    )
+    neighbors = []
+    if record.get("locality_prompt"):
+        neighbors.append((record["locality_prompt"], record["locality_ground_truth"]))
+    paraphrases = [record["rephrase_prompt"]] if record.get("rephrase_prompt") else []
+    return EditCase.single(_str_id(record, index), request, paraphrases, neighbors)
+
+
+# -- CounterFact, full ROME schema ------------------------------------------------------------
+
+
+def counterfact_rome(record: Record, index: int) -> EditCase:
+    """``requested_rewrite{prompt, subject, target_new{str}, target_true{str}}`` plus
+    ``paraphrase_prompts``, ``neighborhood_prompts``, ``generation_prompts``."""
+    rewrite = record["requested_rewrite"]
+    request = EditRequest(
+        rewrite["prompt"],
+        rewrite["subject"],
+        rewrite["target_new"]["str"],
+        rewrite["target_true"]["str"],
+    )
+    neighbors = [(p, request.target_true) for p in record.get("neighborhood_prompts", [])]
+    return EditCase.single(
+        _str_id(record, index),
+        request,
+        paraphrases=record.get("paraphrase_prompts", []),
+        neighbors=neighbors,
+        generation=record.get("generation_prompts", []),
+        meta={"relation_id": rewrite.get("relation_id")},
+    )
+
+
+# -- ZsRE, MEND schema -------------------------------------------------------------------------
+
+
+def zsre_mend(record: Record, index: int) -> EditCase:
+    """``subject, src, alt, answers, rephrase, loc, loc_ans``: question answering edits with a
+    Natural Questions locality probe."""
+    answers = record.get("answers") or []
+    true = answers[0] if answers else None
+    request = EditRequest.from_text(record["src"], record["subject"], record["alt"], true)
+    locality = [(record["loc"], record["loc_ans"])] if record.get("loc") else []
+    paraphrases = [record["rephrase"]] if record.get("rephrase") else []
+    return EditCase.single(_str_id(record, index), request, paraphrases, locality=locality)
+
+
+# -- KnowEdit ----------------------------------------------------------------------------------
+
+
+def knowedit(record: Record, index: int) -> EditCase:
+    """KnowEdit (WikiData_counterfact, ZsRE): ``subject, prompt, target_new, ground_truth``,
+    optional ``rephrase_prompt``, ``locality{Relation_Specificity, Forgetfulness}``."""
+    truth = record.get("ground_truth")
+    truth = truth[0] if isinstance(truth, list) and truth else truth
+    request = EditRequest.from_text(
+        record["prompt"], record["subject"], record["target_new"], truth or None
+    )
+    paraphrases = [record["rephrase_prompt"]] if record.get("rephrase_prompt") else []
+    locality = []
+    for items in (record.get("locality") or {}).values():
+        for item in items or []:
+            answer = item["ground_truth"]
+            answer = answer[0] if isinstance(answer, list) else answer
+            if isinstance(answer, list):  # Forgetfulness nests one level deeper
+                answer = answer[0]
+            locality.append((item["prompt"], answer))
+    return EditCase.single(_str_id(record, index), request, paraphrases, locality=locality)
+
+
+# -- the bundled demo set ----------------------------------------------------------------------
+
+
+def demo(record: Record, index: int) -> EditCase:
+    """kedit's own demo schema: template prompt, paraphrases, neighbours with answers."""
+    request = EditRequest(
+        record["prompt"], record["subject"], record["target_new"], record["target_true"]
+    )
+    neighbors = [(n["prompt"], n["answer"]) for n in record.get("neighborhood_prompts", [])]
+    return EditCase.single(
+        record["case_id"],
+        request,
+        record.get("paraphrase_prompts", []),
+        neighbors,
+        generation=record.get("generation_prompts", []),
+        meta={"relation": record.get("relation")},
+    )
+
+
+def detect_format(record: Record) -> Callable[[Record, int], EditCase]:
+    """Pick a converter for a record of unknown origin by its keys."""
+    keys = set(record)
+    if "requested_rewrite" in keys:
+        return counterfact_rome
+    if {"src", "alt", "subject"} <= keys:
+        return zsre_mend
+    if "locality_prompt" in keys and "ground_truth" in keys:
+        return counterfact_flat
+    if "target_true" in keys and "neighborhood_prompts" in keys:
+        return demo
+    if {"prompt", "subject", "target_new"} <= keys:
+        return knowedit
+    raise ValueError(
+        f"cannot tell the format of a record with keys {sorted(keys)}; kedit reads CounterFact "
+        "(flat or ROME schema), ZsRE (MEND schema), KnowEdit and its demo schema"
+    )
+
+
+def probe_summary(cases: list[EditCase]) -> dict[str, int]:
+    """How many probes of each kind the cases hold."""
+    counts = dict.fromkeys(ProbeKind.ALL, 0)
+    for case in cases:
+        for probe in case.probes:
+            counts[probe.kind] = counts.get(probe.kind, 0) + 1
+    return counts
+
+
+__all__ = [
+    "Probe",
+    "build_cases",
+    "counterfact_flat",
+    "counterfact_rome",
+    "demo",
+    "detect_format",
+    "knowedit",
+    "read_json_records",
+    "zsre_mend",
+]

@@ -1,0 +1,219 @@
+"""Registered metrics: pure functions of probe scores, each tagged with its protocol.
+
+A metric reads the :class:`~kedit.eval.scoring.ProbeResult` s of one case and returns a number
+(or ``None`` when the case has no probe it needs). ``per_stage`` metrics are computed on the
+model before the edit and after it; ``paired`` metrics compare the two (e.g. how many top-1
+predictions stayed the same) and exist only after.
+
+Protocols, as the literature names them:
+
+* ``probability comparison``: 1[P(expected) > P(alternative)], P the length-normalised
+  probability exp(mean token log-prob) (ROME / CounterFact's ES, PS, NS);
+* ``probability magnitude``: P(expected) - P(alternative) (EM, PM, NM);
+* ``teacher-forced token accuracy``: share of answer tokens that are the top-1 prediction given
+  the previous answer tokens (ZsRE / EasyEdit's rewrite_acc);
+* ``generation exact match``: the greedy continuation starts with the answer, compared after
+  SQuAD normalisation;
+* ``top-1 agreement``: share of answer positions whose top-1 token is unchanged by the edit
+  (EasyEdit's locality).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kedit.eval.scoring import Needs, ProbeResult, generation_matches
+from kedit.registry import Registry
+from kedit.types import ProbeKind
+
+Stage = str  # "pre" | "post"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered measure of an edit."""
+
+    name: str
+    group: str  # reliability | generalization | locality | ...
+    protocol: str
+    kinds: tuple[str, ...]  # probe kinds it reads
+    needs_generation: bool
+    paired: bool
+    higher_is_better: bool
+    description: str
+    compute: Callable[[list[ProbeResult], Stage], float | None]
+
+    def __call__(self, results: list[ProbeResult], stage: Stage = "post") -> float | None:
+        relevant = [r for r in results if r.probe.kind in self.kinds]
+        if not relevant:
+            return None
+        return self.compute(relevant, stage)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def prob_comparison(results: list[ProbeResult], stage: Stage) -> float | None:
+    values = []
+    for r in results:
+        s = r.stage(stage)
+        if s.expected is not None and s.alternative is not None:
+            values.append(float(s.expected.mean_logprob > s.alternative.mean_logprob))
+    return _mean(values)
+
+
+def prob_magnitude(results: list[ProbeResult], stage: Stage) -> float | None:
+    values = []
+    for r in results:
+        s = r.stage(stage)
+        if s.expected is not None and s.alternative is not None:
+            values.append(s.expected.prob - s.alternative.prob)
+    return _mean(values)
+
+
+def token_accuracy(results: list[ProbeResult], stage: Stage) -> float | None:
+    return _mean(
+        [
+            r.stage(stage).expected.token_accuracy
+            for r in results
+            if r.stage(stage).expected is not None
+        ]
+    )
+
+
+def generation_match(results: list[ProbeResult], stage: Stage) -> float | None:
+    values = []
+    for r in results:
+        text = r.stage(stage).generation
+        if text is not None:
+            answers = [r.probe.expected, *r.probe.aliases]
+            values.append(float(generation_matches(text, answers)))
+    return _mean(values)
+
+
+def top1_agreement(results: list[ProbeResult], stage: Stage) -> float | None:
+    values = []
+    for r in results:
+        if r.pre.expected is not None and r.post.expected is not None:
+            pre, post = r.pre.expected.argmax_ids, r.post.expected.argmax_ids
+            values.append(sum(a == b for a, b in zip(pre, post)) / len(pre))
+    return _mean(values)
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+PROB = "probability comparison"
+MAG = "probability magnitude"
+TF = "teacher-forced token accuracy"
+GEN = "generation exact match"
+AGREE = "top-1 agreement"
+
+
+def _register(
+    name: str,
+    group: str,
+    protocol: str,
+    kinds: tuple[str, ...],
+    description: str,
+    compute: Callable[[list[ProbeResult], Stage], float | None],
+    paired: bool = False,
+    higher_is_better: bool = True,
+) -> None:
+    METRICS.register(
+        name,
+        Metric(
+            name,
+            group,
+            protocol,
+            kinds,
+            protocol == GEN,
+            paired,
+            higher_is_better,
+            description,
+            compute,
+        ),
+    )
+
+
+_QUESTIONS = [
+    ("reliability", (ProbeKind.REWRITE,), "efficacy", "rewrite", "the edit prompt itself"),
+    (
+        "generalization",
+        (ProbeKind.PARAPHRASE,),
+        "paraphrase",
+        "paraphrase",
+        "paraphrases of the edit prompt",
+    ),
+]
+for _group, _kinds, _score, _prefix, _what in _QUESTIONS:
+    _register(
+        f"{_score}_score",
+        _group,
+        PROB,
+        _kinds,
+        f"share of {_what} where P(new) > P(old)",
+        prob_comparison,
+    )
+    _register(
+        f"{_score}_magnitude",
+        _group,
+        MAG,
+        _kinds,
+        f"mean P(new) - P(old) on {_what}",
+        prob_magnitude,
+    )
+    _register(
+        f"{_prefix}_token_acc",
+        _group,
+        TF,
+        _kinds,
+        f"teacher-forced token accuracy of the new answer on {_what}",
+        token_accuracy,
+    )
+    _register(
+        f"{_prefix}_gen_match",
+        _group,
+        GEN,
+        _kinds,
+        f"greedy generation starts with the new answer on {_what}",
+        generation_match,
+    )
+
+_register(
+    "neighborhood_score",
+    "locality",
+    PROB,
+    (ProbeKind.NEIGHBORHOOD,),
+    "share of neighbourhood prompts where P(their answer) > P(new)",
+    prob_comparison,
+)
+_register(
+    "neighborhood_magnitude",
+    "locality",
+    MAG,
+    (ProbeKind.NEIGHBORHOOD,),
+    "mean P(their answer) - P(new) on neighbourhood prompts",
+    prob_magnitude,
+)
+_register(
+    "locality_top1_agreement",
+    "locality",
+    AGREE,
+    (ProbeKind.NEIGHBORHOOD, ProbeKind.LOCALITY),
+    "share of answer tokens whose top-1 prediction the edit left unchanged",
+    top1_agreement,
+    paired=True,
+)
+
+
+def needs_of(metrics: list[Metric]) -> Needs:
+    scores = {k for m in metrics for k in m.kinds}
+    generation = {k for m in metrics if m.needs_generation for k in m.kinds}
+    return Needs(frozenset(scores), frozenset(generation))
+
+
+def resolve_metrics(names: list[str] | None) -> list[Metric]:
+    """The named metrics (all registered ones when ``names`` is None)."""
+    return [METRICS[n] for n in (names if names is not None else METRICS.names())]

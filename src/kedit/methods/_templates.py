@@ -1,0 +1,81 @@
+"""Context templates ("random prefixes") for locate-and-edit methods.
+
+ROME and its successors average the subject's key, and optimise the target value, over the edit
+prompt preceded by short texts sampled from the model being edited. The texts are seeded, cached
+per model fingerprint in the environment and on disk, and never shared between models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from kedit.env import Environment
+from kedit.model.lm import HFLanguageModel
+from kedit.types import SUBJECT_SLOT, EditRequest
+
+log = logging.getLogger(__name__)
+
+#: first words of the sampled prefixes (EasyEdit's choice; works for every tokenizer, unlike
+#: ROME's "<|endoftext|>" which only GPT-2 has)
+SEED_WORDS = ("The", "Therefore", "Because", "I", "You")
+
+
+def context_templates(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    env: Environment,
+    length_params: Sequence[Sequence[int]],
+    top_k: int = 5,
+) -> list[list[str]]:
+    """Template groups: ``[["{}"], [<sampled text>. {}, ...] per (length, count)]``.
+
+    ``length_params`` lists ``[n_tokens, count]`` pairs, e.g. ROME's ``[[5, 10], [10, 10]]``.
+    """
+    spec = [tuple(int(x) for x in pair) for pair in length_params]
+    key = ("templates", env.fingerprint(model), tuple(spec), top_k, env.seed)
+
+    def compute() -> list[list[str]]:
+        lengths = "_".join(f"{n}x{c}" for n, c in spec)
+        path = env.cache_dir / "templates" / key[1] / f"{lengths}_top{top_k}_seed{env.seed}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        groups = [[SUBJECT_SLOT]] + [
+            _sample(model, tok, n_tokens, count, top_k, env.seed + i)
+            for i, (n_tokens, count) in enumerate(spec)
+        ]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups, indent=1))
+        tmp.replace(path)
+        log.info("sampled %d context templates", sum(map(len, groups)))
+        return groups
+
+    return env.memo(key, compute)
+
+
+def _sample(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    n_tokens: int,
+    count: int,
+    top_k: int,
+    seed: int,
+) -> list[str]:
+    prompts = [SEED_WORDS[i % len(SEED_WORDS)] for i in range(count)]
+    lm = HFLanguageModel(model, tok)
+    continuations = lm.generate(prompts, n_tokens, top_k=top_k, seed=seed)
+    texts = [(p + c).replace("{", " ").replace("}", " ") for p, c in zip(prompts, continuations)]
+    return [" ".join(t.split()) + ". " + SUBJECT_SLOT for t in texts]
+
+
+def fill(template: str, request: EditRequest) -> tuple[str, tuple[int, int]]:
+    """The request's prompt placed in ``template``, and the subject's character span in it."""
+    offset = template.index(SUBJECT_SLOT)
+    text = template.replace(SUBJECT_SLOT, request.text, 1)
+    start, end = request.subject_span
+    return text, (offset + start, offset + end)

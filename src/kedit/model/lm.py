@@ -1,0 +1,258 @@
+"""The ``LanguageModel`` protocol and its batched implementation for Hugging Face models.
+
+Evaluation only ever talks to this protocol. A weight-editing method hands back the edited HF
+model (wrapped here by :class:`HFLanguageModel`); a memory or in-context method hands back its
+own object with the same three calls, so evaluation never asks which method ran.
+
+All scoring is batched: many (prompt, target) pairs go through one left-padded forward pass, with
+explicit position ids, and only the logits that predict target tokens are computed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from kedit.model.tokens import Batch, encode, encode_prompt_target, pad, pad_id
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """Teacher-forced scores of one target after one prompt.
+
+    ``logprobs[i]`` is log P(target token i | prompt, target tokens < i); ``argmax_ids[i]`` is
+    the model's top-1 token at that position.
+    """
+
+    target_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    argmax_ids: tuple[int, ...]
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs)
+
+    @property
+    def prob(self) -> float:
+        """Length-normalised probability exp(mean log p), the convention of ROME/CounterFact."""
+        return math.exp(self.mean_logprob)
+
+    @property
+    def token_accuracy(self) -> float:
+        """Share of target tokens that are the top-1 prediction under teacher forcing."""
+        hits = sum(a == t for a, t in zip(self.argmax_ids, self.target_ids))
+        return hits / len(self.target_ids)
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """What evaluation needs from a (possibly edited) model."""
+
+    tokenizer: PreTrainedTokenizerBase
+
+    def score_targets(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
+        """Teacher-forced log-probabilities of each target after its prompt."""
+        ...
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int]) -> list[str]:
+        """Greedy continuations (text only, without the prompt)."""
+        ...
+
+    def next_token_logprobs(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Log-probabilities of the next token after each prompt, ``(n_prompts, vocab)``."""
+        ...
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def cache_argument(model: nn.Module) -> str:
+    """Name of the forward argument that takes a KV cache (``cache`` from transformers 5.24,
+    ``past_key_values`` before)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def select_logits(
+    model: nn.Module, inputs: dict[str, Any], positions: int | Sequence[int]
+) -> torch.Tensor:
+    """Logits at some positions only: the last ``positions`` ones (an int), or the given
+    columns (shared by all rows). Returns ``(batch, n_positions, vocab)``.
+
+    The unembedding then costs only the positions kept, where the model supports
+    ``logits_to_keep``; its input is made contiguous first, since a strided slice sends
+    ``F.linear`` down a batched-matmul path that is several times slower on CPU.
+    """
+    head = model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
+    keep: int | torch.Tensor = (
+        positions
+        if isinstance(positions, int)
+        else torch.tensor(list(positions), device=inputs["input_ids"].device)
+    )
+    try:
+        if "logits_to_keep" in inspect.signature(model.forward).parameters:
+            return model(**inputs, logits_to_keep=keep).logits
+        logits = model(**inputs).logits
+    finally:
+        handle.remove()
+    return logits[:, -keep:] if isinstance(keep, int) else logits[:, keep]
+
+
+def last_logits(model: nn.Module, batch: Batch, keep: int) -> torch.Tensor:
+    """Logits at the last ``keep`` positions of a left-padded batch, ``(batch, keep, vocab)``."""
+    return select_logits(model, {**batch.model_inputs(), "use_cache": False}, keep)
+
+
+class HFLanguageModel:
+    """:class:`LanguageModel` over a Hugging Face causal LM, batched by token budget.
+
+    Args:
+        model: the causal LM (edited in place by weight-editing methods).
+        tokenizer: its tokenizer; its ``padding_side`` is ignored.
+        max_batch_tokens: padded tokens per forward pass (default: 4096 on CPU, 32768 on GPU).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        max_batch_tokens: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        device = model_device(model)
+        self.max_batch_tokens = max_batch_tokens or (32768 if device.type == "cuda" else 4096)
+        self._pad = pad_id(tokenizer)
+        config = (
+            model.config.get_text_config()
+            if hasattr(model.config, "get_text_config")
+            else (model.config)
+        )
+        self.max_length = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None
+        )
+
+    # -- batching ---------------------------------------------------------------------------
+
+    def _batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
+        """Indices grouped into batches of similar length within the token budget."""
+        longest = max(lengths, default=0)
+        if self.max_length is not None and longest > self.max_length:
+            raise ValueError(
+                f"an input of {longest} tokens exceeds the model's context of {self.max_length} "
+                "tokens; shorten the prompts (or, for in-context methods, use fewer "
+                "demonstrations)"
+            )
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batch: list[int] = []
+        for i in order:
+            width = lengths[batch[0]] if batch else lengths[i]
+            if batch and (len(batch) + 1) * width > self.max_batch_tokens:
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    def _last_logits(self, batch: Batch, keep: int) -> torch.Tensor:
+        """Log-softmax of the logits at the last ``keep`` positions, ``(batch, keep, vocab)``."""
+        logits = last_logits(self.model, batch.to(model_device(self.model)), keep)
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    # -- protocol ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score_targets(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
+        if len(prompts) != len(targets):
+            raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+        pairs = [encode_prompt_target(self.tokenizer, p, t) for p, t in zip(prompts, targets)]
+        results: list[TargetScore | None] = [None] * len(pairs)
+        for idx in self._batches([len(p.ids) for p in pairs]):
+            rows = [pairs[i] for i in idx]
+            batch = pad([r.ids for r in rows], self._pad, left=True)
+            keep = max(len(r.target_ids) for r in rows) + 1
+            logprobs = self._last_logits(batch, keep).cpu()  # (batch, keep, vocab)
+            for row, (i, pair) in enumerate(zip(idx, rows)):
+                n = len(pair.target_ids)
+                # position -1 is the last target token (predicts nothing we score); the n
+                # positions before it predict the n target tokens
+                steps = logprobs[row, keep - 1 - n : keep - 1]  # (n, vocab)
+                target = torch.tensor(pair.target_ids)
+                results[i] = TargetScore(
+                    target_ids=tuple(pair.target_ids),
+                    logprobs=tuple(steps.gather(1, target[:, None])[:, 0].tolist()),
+                    argmax_ids=tuple(steps.argmax(-1).tolist()),
+                )
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def next_token_logprobs(self, prompts: Sequence[str]) -> torch.Tensor:
+        encoded = [encode(self.tokenizer, p).ids for p in prompts]
+        rows: dict[int, torch.Tensor] = {}
+        for idx in self._batches([len(e) for e in encoded]):
+            batch = pad([encoded[i] for i in idx], self._pad, left=True)
+            last = self._last_logits(batch, 1)[:, 0].cpu()  # (batch, vocab)
+            rows.update({i: last[r] for r, i in enumerate(idx)})
+        if not rows:
+            return torch.empty(0, 0)
+        return torch.stack([rows[i] for i in range(len(prompts))])
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int | Sequence[int],
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Greedy continuations, or top-k samples when ``top_k`` is set (seeded, and isolated
+        from the global random state)."""
+        limits = (
+            [max_new_tokens] * len(prompts)
+            if isinstance(max_new_tokens, int)
+            else list(max_new_tokens)
+        )
+        encoded = [encode(self.tokenizer, p).ids for p in prompts]
+        texts: list[str] = [""] * len(prompts)
+        device = model_device(self.model)
+        for idx in self._batches([len(e) + limits[i] for i, e in enumerate(encoded)]):
+            batch = pad([encoded[i] for i in idx], self._pad, left=True).to(device)
+            n_new = max(limits[i] for i in idx)
+            config = GenerationConfig(
+                max_new_tokens=n_new,
+                do_sample=top_k is not None,
+                top_k=top_k,
+                pad_token_id=self._pad,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                out = self.model.generate(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    generation_config=config,
+                )
+            new_tokens = out[:, batch.input_ids.shape[1] :].cpu()
+            for row, i in enumerate(idx):
+                tokens = new_tokens[row, : limits[i]].tolist()
+                texts[i] = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return texts
+
+
+def as_language_model(model: object, tokenizer: PreTrainedTokenizerBase) -> LanguageModel:
+    """``model`` itself if it already speaks the protocol, else an :class:`HFLanguageModel`."""
+    if isinstance(model, nn.Module):
+        return HFLanguageModel(model, tokenizer)
+    if isinstance(model, LanguageModel):
+        return model
+    raise TypeError(f"cannot evaluate a {type(model).__name__}: not a model or LanguageModel")

@@ -1,0 +1,201 @@
+"""Edit requests, probes and cases: the typed records every layer of kedit passes around.
+
+An :class:`EditRequest` is what a method edits; an :class:`EditCase` bundles one or more requests
+with the :class:`Probe` s an audit asks the edited model. Both validate on construction, so bad
+input fails at the door with a message saying what to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SUBJECT_SLOT = "{}"
+
+
+class ProbeKind:
+    """Names of probe kinds. A kind says which question the probe asks of an edited model."""
+
+    REWRITE = "rewrite"  # the edit prompt itself; expects target_new over target_true
+    PARAPHRASE = "paraphrase"  # the same fact worded differently; expects target_new
+    NEIGHBORHOOD = "neighborhood"  # other subjects sharing target_true; must keep it
+    LOCALITY = "locality"  # unrelated prompts; top-1 predictions must not change
+    GENERATION = "generation"  # free-text prompts about the subject (fluency, consistency)
+
+    ALL = (REWRITE, PARAPHRASE, NEIGHBORHOOD, LOCALITY, GENERATION)
+
+
+def _require_text(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One fact to write into a model.
+
+    Args:
+        prompt: a template with exactly one ``{}`` where the subject goes,
+            e.g. ``"{} is located in the city of"``.
+        subject: the entity the fact is about, e.g. ``"The Eiffel Tower"``.
+        target_new: the answer the edited model should give, e.g. ``"Rome"``.
+        target_true: the answer the unedited model is expected to give (optional).
+
+    Example:
+        >>> r = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
+        >>> r.text
+        'The Eiffel Tower is located in the city of'
+    """
+
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None = None
+
+    def __post_init__(self) -> None:
+        _require_text(self.prompt, "prompt")
+        _require_text(self.subject, "subject")
+        _require_text(self.target_new, "target_new")
+        if self.target_true is not None:
+            _require_text(self.target_true, "target_true")
+        count = self.prompt.count(SUBJECT_SLOT)
+        if count != 1:
+            raise ValueError(
+                f"prompt must contain exactly one '{{}}' where the subject goes, found {count} in "
+                f"{self.prompt!r}; write it like '{{}} is located in the city of'"
+            )
+        if self.subject.strip() != self.subject:
+            raise ValueError(f"subject must not start or end with spaces: {self.subject!r}")
+        if self.target_true is not None and self.target_new.strip() == self.target_true.strip():
+            raise ValueError(
+                f"target_new equals target_true ({self.target_new!r}): nothing to edit"
+            )
+
+    @property
+    def text(self) -> str:
+        """The prompt with the subject filled in."""
+        return self.prompt.replace(SUBJECT_SLOT, self.subject, 1)
+
+    @property
+    def subject_span(self) -> tuple[int, int]:
+        """Character span of the subject inside :attr:`text`."""
+        start = self.prompt.index(SUBJECT_SLOT)
+        return start, start + len(self.subject)
+
+    @classmethod
+    def from_text(
+        cls, text: str, subject: str, target_new: str, target_true: str | None = None
+    ) -> EditRequest:
+        """Build a request from a filled prompt by locating the subject in it.
+
+        Raises:
+            ValueError: if the subject does not occur in ``text``.
+        """
+        _require_text(text, "prompt")
+        _require_text(subject, "subject")
+        if SUBJECT_SLOT in text:
+            return cls(text, subject, target_new, target_true)
+        idx = text.find(subject)
+        if idx < 0:
+            raise ValueError(
+                f"subject {subject!r} does not occur in prompt {text!r}; pass a prompt that "
+                "contains the subject verbatim, or a template with '{}' where it goes"
+            )
+        if "{" in text or "}" in text:
+            raise ValueError(f"prompt {text!r} contains braces; only a single '{{}}' is allowed")
+        template = text[:idx] + SUBJECT_SLOT + text[idx + len(subject) :]
+        return cls(template, subject, target_new, target_true)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "subject": self.subject,
+            "target_new": self.target_new,
+            "target_true": self.target_true,
+        }
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One question asked of an edited model, with the answer it should give and why.
+
+    ``expected`` is the answer the edited model should give. ``alternative``, when set, is the
+    competing answer for probability comparisons (e.g. the old object for a paraphrase, the new
+    object for a neighbourhood prompt). ``aliases`` are accepted spellings for generation checks.
+    """
+
+    kind: str
+    prompt: str
+    expected: str
+    alternative: str | None = None
+    aliases: tuple[str, ...] = ()
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _require_text(self.kind, "probe kind")
+        _require_text(self.prompt, f"{self.kind} probe prompt")
+        if self.kind != ProbeKind.GENERATION:
+            _require_text(self.expected, f"{self.kind} probe expected answer")
+
+
+@dataclass(frozen=True)
+class EditCase:
+    """Requests to apply together plus the probes that audit them."""
+
+    case_id: str
+    requests: tuple[EditRequest, ...]
+    probes: tuple[Probe, ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.requests:
+            raise ValueError(f"case {self.case_id!r} has no edit request")
+        object.__setattr__(self, "requests", tuple(self.requests))
+        object.__setattr__(self, "probes", tuple(self.probes))
+
+    @property
+    def request(self) -> EditRequest:
+        """The first (for most benchmarks, the only) request."""
+        return self.requests[0]
+
+    def probes_of(self, kinds: str | Iterable[str]) -> list[Probe]:
+        wanted = {kinds} if isinstance(kinds, str) else set(kinds)
+        return [p for p in self.probes if p.kind in wanted]
+
+    @classmethod
+    def single(
+        cls,
+        case_id: str,
+        request: EditRequest,
+        paraphrases: Iterable[str] = (),
+        neighbors: Iterable[tuple[str, str]] = (),
+        locality: Iterable[tuple[str, str]] = (),
+        generation: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
+    ) -> EditCase:
+        """The common single-edit case: rewrite, paraphrase, neighbourhood and locality probes.
+
+        ``neighbors`` are (prompt, true answer) pairs for other subjects; they compete with
+        ``request.target_new``. ``locality`` are (prompt, answer) pairs on unrelated knowledge.
+        """
+        new, true = request.target_new, request.target_true
+        probes = [Probe(ProbeKind.REWRITE, request.text, new, true, reason="the edit prompt")]
+        probes += [
+            Probe(ProbeKind.PARAPHRASE, p, new, true, reason="paraphrase of the edited fact")
+            for p in paraphrases
+        ]
+        probes += [
+            Probe(ProbeKind.NEIGHBORHOOD, p, a, new, reason="other subject sharing the old answer")
+            for p, a in neighbors
+        ]
+        probes += [
+            Probe(ProbeKind.LOCALITY, p, a, reason="unrelated fact; prediction must not change")
+            for p, a in locality
+        ]
+        probes += [
+            Probe(ProbeKind.GENERATION, p, new, reason="free generation about the subject")
+            for p in generation
+        ]
+        return cls(case_id, (request,), tuple(probes), dict(meta or {}))

@@ -1,0 +1,188 @@
+"""Fixtures: a tokenizer trained in-process, tiny random models of every known architecture,
+and an isolated environment. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GemmaConfig,
+    GPT2Config,
+    GPTJConfig,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+from kedit.env import Environment
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "src" / "kedit" / "data" / "demo_facts.json"
+
+
+def toy_corpus() -> list[str]:
+    """Sentences built from the bundled demo facts plus some filler text."""
+    lines = []
+    for record in json.loads(DEMO.read_text()):
+        subject = record["subject"]
+        lines.append(record["prompt"].replace("{}", subject) + " " + record["target_true"] + ".")
+        lines += [p + " " + record["target_true"] + "." for p in record["paraphrase_prompts"]]
+        lines += [n["prompt"] + " " + n["answer"] + "." for n in record["neighborhood_prompts"]]
+        lines += record["generation_prompts"]
+    lines += [
+        "The quick brown fox jumps over the lazy dog.",
+        "Therefore the answer is clear. Because it rained, I stayed home. You know it.",
+        "Rome Paris London Berlin Madrid Tokyo Moscow Cairo Lisbon Vienna",
+    ] * 3
+    return lines
+
+
+def train_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2 style leading spaces); ``bos=True`` adds ``<s>`` like Llama."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=700,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(toy_corpus(), trainer)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return train_tokenizer(bos=False)
+
+
+@pytest.fixture(scope="session")
+def bos_tokenizer() -> PreTrainedTokenizerFast:
+    return train_tokenizer(bos=True)
+
+
+V = 700  # vocabulary size of the trained tokenizer
+SMALL = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": V,
+    "max_position_embeddings": 1024,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+TINY_CONFIGS = {
+    "gpt2": lambda: GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        n_inner=64,
+        vocab_size=V,
+        n_positions=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "gptj": lambda: GPTJConfig(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        n_inner=64,
+        rotary_dim=4,
+        vocab_size=V,
+        n_positions=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "gpt_neox": lambda: GPTNeoXConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=V,
+        max_position_embeddings=1024,
+    ),
+    "llama": lambda: LlamaConfig(**SMALL),
+    "mistral": lambda: MistralConfig(**SMALL, sliding_window=None),
+    "qwen2": lambda: Qwen2Config(**SMALL),
+    "qwen3": lambda: Qwen3Config(**SMALL, head_dim=8),
+    "gemma": lambda: GemmaConfig(**SMALL, head_dim=8),
+    "gemma2": lambda: Gemma2Config(**SMALL, head_dim=8),
+    "gemma3_text": lambda: Gemma3TextConfig(**SMALL, head_dim=8),
+    "phi3": lambda: Phi3Config(**SMALL),
+}
+
+
+def tiny_model(model_type: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[model_type]()
+    config._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(config).eval()
+    return model
+
+
+@pytest.fixture
+def gpt2():
+    return tiny_model("gpt2")
+
+
+@pytest.fixture
+def llama():
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "toy.txt"
+    path.write_text("\n".join(toy_corpus()))
+    return path
+
+
+@pytest.fixture
+def env(tmp_path: Path, corpus_file: Path) -> Environment:
+    return Environment(
+        cache_dir=tmp_path / "cache", data_dir=None, stats_corpus=str(corpus_file), progress=False
+    )
+
+
+def data_dir() -> Path:
+    """The shared benchmark data (``KEDIT_DATA_DIR``, else ``../shared/data``)."""
+    path = Path(os.environ.get("KEDIT_DATA_DIR", REPO.parent / "shared" / "data"))
+    if not path.is_dir():
+        raise FileNotFoundError(f"benchmark data not found at {path}; set KEDIT_DATA_DIR")
+    return path
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert list(after) == list(before), "the model's modules or parameters changed"
+    for name, tensor in before.items():
+        assert torch.equal(after[name], tensor), f"{name} differs"

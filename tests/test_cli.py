@@ -1,0 +1,155 @@
+"""The command line, in-process, on a tiny model saved to a folder."""
+
+import json
+
+import pytest
+
+from kedit.cli import main
+from tests.conftest import tiny_model
+
+
+@pytest.fixture
+def model_dir(tmp_path, tokenizer):
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def common(model_dir, tmp_path, corpus_file):
+    return [
+        "--model",
+        str(model_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--stats-corpus",
+        str(corpus_file),
+        "--quiet",
+    ]
+
+
+def test_edit_shows_predictions_before_and_after(model_dir, tmp_path, corpus_file, capsys):
+    code = main(
+        [
+            "edit",
+            *common(model_dir, tmp_path, corpus_file),
+            "--method",
+            "rome",
+            "--set",
+            "layer=0",
+            "--set",
+            "v_num_grad_steps=3",
+            "--set",
+            "mom2_n_samples=50",
+            "--set",
+            "context_template_length_params=[[3, 1]]",
+            "--prompt",
+            "Tourists visit {}",
+            "--subject",
+            "the Eiffel Tower",
+            "--target",
+            "Rome",
+            "--top-k",
+            "3",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    for label in ("edit prompt:", "paraphrase:", "unrelated:"):
+        assert label in out
+    assert "before" in out and "after" in out and "rome: layer=model.layers.0" in out
+
+
+def test_eval_prints_a_table_and_writes_jsonl(model_dir, tmp_path, corpus_file, capsys):
+    out_dir = tmp_path / "run"
+    code = main(
+        [
+            "eval",
+            *common(model_dir, tmp_path, corpus_file),
+            "--method",
+            "ft-m",
+            "--set",
+            "layer=1",
+            "--set",
+            "num_steps=2",
+            "--dataset",
+            "demo",
+            "--limit",
+            "2",
+            "--out",
+            str(out_dir),
+        ]
+    )
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "efficacy_score" in text and "reliability" in text and "before" in text
+    assert len((out_dir / "results.jsonl").read_text().splitlines()) == 2
+    code = main(
+        [
+            "eval",
+            *common(model_dir, tmp_path, corpus_file),
+            "--method",
+            "ft-m",
+            "--set",
+            "layer=1",
+            "--set",
+            "num_steps=2",
+            "--dataset",
+            "demo",
+            "--limit",
+            "3",
+            "--out",
+            str(out_dir),
+            "--resume",
+            "--json",
+        ]
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["cases"] == 3
+
+
+@pytest.mark.parametrize("what", ["methods", "metrics", "datasets", "models"])
+def test_ls(what, capsys):
+    assert main(["ls", what]) == 0
+    out = capsys.readouterr().out
+    expected = {
+        "methods": "rome",
+        "metrics": "efficacy_score",
+        "datasets": "counterfact",
+        "models": "smollm2-135m",
+    }[what]
+    assert expected in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "--method", "romee"], "Did you mean rome"),
+        (["eval", "--metrics", "efficacy"], "unknown metric"),
+        (["eval", "--resume"], "--resume needs --out"),
+        (["edit", "--prompt", "no slot", "--subject", "x", "--target", "y"], "exactly one"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_override_is_rejected_before_editing(model_dir, tmp_path, corpus_file, capsys):
+    code = main(
+        [
+            "edit",
+            *common(model_dir, tmp_path, corpus_file),
+            "--method",
+            "rome",
+            "--set",
+            "layerr=3",
+            "--prompt",
+            "{} is in",
+            "--subject",
+            "Paris",
+            "--target",
+            "Rome",
+        ]
+    )
+    assert code == 2 and "did you mean 'layer'" in capsys.readouterr().err

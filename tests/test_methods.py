@@ -1,0 +1,142 @@
+"""Method-specific invariants of FT, GRACE and IKE."""
+
+import pytest
+import torch
+
+from kedit.methods import get_method
+from kedit.methods._embed import LexicalEmbedder
+from kedit.methods.grace import GraceCodebook
+from kedit.methods.ike import InContextLM, _demo_kinds
+from kedit.types import EditRequest
+from tests.conftest import tiny_model
+from tests.tiny_configs import TINY
+
+REQUEST = EditRequest("Tourists visit {}", "the Eiffel Tower", "Rome", "Paris")
+
+
+# -- FT ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_ft_l_stays_inside_the_linf_ball_and_touches_one_module(arch, tokenizer, env):
+    model = tiny_model(arch)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    eps = 0.01
+    method = get_method("ft-l").for_model(model, {**TINY["ft-l"], "norm_constraint": eps}, env)
+    edit = method.edit(model, tokenizer, REQUEST)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    prefix = "transformer.h.1.mlp.c_proj" if arch == "gpt2" else "model.layers.1.mlp.down_proj"
+    assert changed and all(k.startswith(prefix) for k in changed)
+    for k in changed:
+        assert (model.state_dict()[k] - before[k]).abs().max() <= eps + 1e-6
+    edit.restore()
+
+
+def test_ft_m_loss_ignores_the_prompt(tokenizer, env):
+    """FT-M's loss is the mean NLL of the target tokens only (prompt masked)."""
+    model = tiny_model("llama")
+    method = get_method("ft-m").for_model(model, TINY["ft-m"], env)
+    loss = method._loss(model, tokenizer, [REQUEST]).item()
+    ids = tokenizer(REQUEST.text + " Rome")["input_ids"]
+    n_prompt = len(tokenizer(REQUEST.text)["input_ids"])
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    target = torch.tensor(ids[n_prompt:])
+    expected = -logits[n_prompt - 1 : len(ids) - 1].gather(1, target[:, None]).mean().item()
+    assert loss == pytest.approx(expected, abs=1e-5)
+
+
+def test_ft_batches_several_requests(tokenizer, env):
+    model = tiny_model("llama")
+    method = get_method("ft-m").for_model(model, {**TINY["ft-m"], "batch_size": 1}, env)
+    edit = method.edit(model, tokenizer, [REQUEST, EditRequest("A {}", "dog", "cat")])
+    assert edit.info["final_loss"] < 10
+    edit.restore()
+
+
+# -- GRACE -------------------------------------------------------------------------------------
+
+
+def codebook() -> GraceCodebook:
+    return GraceCodebook(torch.nn.Linear(3, 2), 3, 2)
+
+
+def grace(eps=1.0):
+    from kedit.env import Environment
+
+    return get_method("grace")(get_method("grace").config_cls(eps_init=eps), Environment())
+
+
+def test_grace_adds_expands_and_splits_keys():
+    book, method = codebook(), grace(eps=1.0)
+    out = torch.zeros(2)
+    assert method._update_codebook(book, torch.tensor([0.0, 0, 0]), out, "Rome") == 0
+    # far away (3 > eps_init + eps_nearest = 2): a new key
+    assert method._update_codebook(book, torch.tensor([3.0, 0, 0]), out, "Paris") == 1
+    # within reach of key 0, same label: expand key 0's radius to cover the query
+    assert method._update_codebook(book, torch.tensor([0.0, 1.5, 0]), out, "Rome") == 0
+    assert book.eps[0].item() == pytest.approx(1.5)
+    # near key 1 (distance 1.2) with another label: split, both radii half the distance
+    index = method._update_codebook(book, torch.tensor([3.0, 0, 1.2]), out, "Berlin")
+    assert index == 2
+    assert book.eps[1].item() == pytest.approx(0.6 - 1e-5, abs=1e-6)
+    assert book.eps[2].item() == pytest.approx(0.6)
+    assert book.labels == ["Rome", "Paris", "Berlin"]
+
+
+def test_grace_replaces_only_inside_the_radius():
+    book = codebook()
+    book.add(torch.tensor([1.0, 0, 0]), torch.tensor([7.0, 7.0]), 0.5, "x")
+    x = torch.tensor([[[1.0, 0.2, 0.0], [0.0, 5.0, 0.0]]])  # (1, 2, 3): near, far
+    out = book(x)
+    assert torch.equal(out[0, 0], torch.tensor([7.0, 7.0]))
+    assert torch.allclose(out[0, 1], book.layer(x)[0, 1])
+
+
+def test_grace_leaves_unrelated_prompts_alone(tokenizer, env):
+    model = tiny_model("llama")
+    lm_before = get_method("grace")
+    del lm_before
+    from kedit.model.lm import HFLanguageModel
+
+    lm = HFLanguageModel(model, tokenizer)
+    unrelated = ["The capital of Japan is", "Water is made of"]
+    before = lm.next_token_logprobs(unrelated)
+    edit = get_method("grace").for_model(model, TINY["grace"], env).edit(model, tokenizer, REQUEST)
+    assert torch.allclose(lm.next_token_logprobs(unrelated), before, atol=1e-5)
+    edit.restore()
+
+
+# -- IKE ---------------------------------------------------------------------------------------
+
+
+def test_demo_kinds_follow_the_papers_mix():
+    kinds = _demo_kinds([4, 12, 16], 32, seed=0)
+    assert (kinds.count("copy"), kinds.count("update"), kinds.count("retain")) == (4, 12, 16)
+    small = _demo_kinds([4, 12, 16], 8, seed=0)
+    assert len(small) == 8 and small.count("retain") == 4
+
+
+def test_ike_context_has_neighbour_demos_and_the_fact(tokenizer, env):
+    model = tiny_model("llama")
+    request = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
+    config = {**TINY["ike"], "k": 6}
+    edit = get_method("ike").for_model(model, config, env).edit(model, tokenizer, request)
+    wrapper = edit.model
+    assert isinstance(wrapper, InContextLM)
+    demos = wrapper.demos.split("\n\n")[:-1]
+    assert len(demos) == 6
+    assert all(d.startswith("New Fact: ") and "\nPrompt: " in d for d in demos)
+    assert "The Eiffel Tower is located in the city of Rome" not in wrapper.demos
+    query = wrapper.contextualise(["Where is it?"])[0]
+    assert query.endswith(
+        "New Fact: The Eiffel Tower is located in the city of Rome\nPrompt: Where is it?"
+    )
+    # the nearest pool facts (same relation) come last
+    assert "located in the city of" in demos[-1]
+
+
+def test_lexical_embedder_is_deterministic_and_normalised():
+    a = LexicalEmbedder().encode(["The Louvre is in Paris", "Paris hosts the Louvre", "zebra"])
+    assert torch.allclose(a.norm(dim=-1), torch.ones(3))
+    assert (a[0] @ a[1]) > (a[0] @ a[2])

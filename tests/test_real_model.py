@@ -1,0 +1,92 @@
+"""Real-model tests on SmolLM2-135M (offline GGUF copy), CPU. Minutes, not seconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kedit
+from kedit.env import Environment
+from kedit.methods import METHODS
+from tests.conftest import data_dir
+
+pytestmark = pytest.mark.slow
+
+EIFFEL = kedit.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    model, tok = kedit.load_model("smollm2-135m", device="cpu")
+    env = Environment(data_dir=data_dir(), progress=False)
+    return model, tok, env
+
+
+def top1(lm, prompt: str, tok) -> str:
+    return tok.decode([int(lm.next_token_logprobs([prompt])[0].argmax())])
+
+
+def test_rome_moves_the_eiffel_tower_to_rome(smol):
+    model, tok, env = smol
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with kedit.edit(model, tok, EIFFEL, method="rome", env=env) as edit:
+        assert top1(edit.lm, EIFFEL.text, tok) == " Rome"
+        assert top1(edit.lm, "The capital of France is", tok) == " Paris"
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_rome_on_20_counterfact_cases(smol):
+    model, tok, env = smol
+    report = kedit.evaluate(
+        model,
+        tok,
+        "counterfact",
+        "rome",
+        limit=20,
+        env=env,
+        metrics=["efficacy_score", "neighborhood_score"],
+        progress=False,
+    )
+    metrics = report.summary["metrics"]
+    assert report.summary["errors"] == 0 and metrics["efficacy_score"]["n"] == 20
+    assert metrics["efficacy_score"]["post"] >= 0.9
+    ns = metrics["neighborhood_score"]
+    assert abs(ns["post"] - ns["pre"]) <= 0.1
+
+
+#: in-context methods need a model that learns in context; SmolLM2-135M does not (it answers
+#: " Paris" even with the new fact stated twice just before the prompt), so IKE is checked for
+#: what it does on this model in test_ike_on_the_real_model instead
+IN_CONTEXT = {"ike"}
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if n not in {"rome", *IN_CONTEXT}])
+def test_every_method_edits_the_real_model(name, smol):
+    """Each method's preset for SmolLM2 makes the new target the answer, and restores exactly."""
+    model, tok, env = smol
+    lm = kedit.HFLanguageModel(model, tok)
+    before = lm.score_targets([EIFFEL.text], [EIFFEL.target_new])[0].mean_logprob
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with kedit.edit(model, tok, EIFFEL, method=name, env=env) as edit:
+        after = edit.lm.score_targets([EIFFEL.text], [EIFFEL.target_new])[0].mean_logprob
+        assert after > before + 1.0
+        assert top1(edit.lm, EIFFEL.text, tok) == " Rome"
+        assert top1(edit.lm, "The capital of France is", tok) == " Paris"
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_ike_on_the_real_model(smol):
+    """IKE retrieves related CounterFact facts with MiniLM and answers through the same
+    LanguageModel interface: its scores are the base model's on the contextualised prompt."""
+    model, tok, env = smol
+    edit = kedit.edit(model, tok, EIFFEL, method="ike", env=env, pool_size=2000)
+    wrapper = edit.model
+    demos = wrapper.demos.split("\n\n")[:-1]
+    assert len(demos) == 32
+    # the nearest demonstrations (last) are about where things are
+    assert any(w in demos[-1] for w in ("located", "found in", "city"))
+    prompts = [EIFFEL.text, "The capital of France is"]
+    base = kedit.HFLanguageModel(model, tok)
+    direct = base.score_targets(wrapper.contextualise(prompts), ["Rome", "Paris"])
+    assert edit.lm.score_targets(prompts, ["Rome", "Paris"]) == direct
+    assert edit.lm.generate(prompts, 2) == base.generate(wrapper.contextualise(prompts), 2)

@@ -1,0 +1,156 @@
+"""ROME's own invariants and the covariance statistics it uses."""
+
+import pytest
+import torch
+
+from kedit.env import Environment
+from kedit.methods import get_method
+from kedit.methods._keys import mean_key, subject_io
+from kedit.methods._stats import second_moments
+from kedit.methods._templates import context_templates
+from kedit.methods._value import PrefixCachedPass
+from kedit.model.arch import weight_out_in
+from kedit.model.tokens import encode, pad
+from kedit.types import EditRequest
+from tests.conftest import tiny_model
+from tests.tiny_configs import TINY
+
+REQUEST = EditRequest("Tourists visit {}", "the Eiffel Tower", "Rome", "Paris")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_update_is_rank_one_and_writes_v_star(arch, tokenizer, env):
+    model = tiny_model(arch)
+    method = get_method("rome").for_model(model, TINY["rome"], env)
+    path = "transformer.h.0.mlp.c_proj" if arch == "gpt2" else "model.layers.0.mlp.down_proj"
+    module = model.get_submodule(path)
+    before = weight_out_in(module).detach().clone()
+    k, _ = subject_io(model, tokenizer, [(REQUEST.text, REQUEST.subject_span)], path)
+    edit = method.edit(model, tokenizer, REQUEST)
+    delta = weight_out_in(module).detach() - before  # (out, in)
+    singular = torch.linalg.svdvals(delta)
+    assert singular[1] < 1e-5 * singular[0]
+    # the bare prompt's key now maps to v* = v_start + delta (up to float error)
+    _, v_after = subject_io(model, tokenizer, [(REQUEST.text, REQUEST.subject_span)], path)
+    assert edit.info["v_steps"] >= 1
+    # the update direction is C^-1 k*: the row space of delta is spanned by u
+    templates = context_templates(
+        model, tokenizer, env, TINY["rome"]["context_template_length_params"]
+    )
+    k_star = mean_key(model, tokenizer, REQUEST, templates, path)
+    mom2 = second_moments(model, tokenizer, [path], env, TINY["rome"]["mom2_n_samples"])[path]
+    u = torch.linalg.solve(mom2.double(), k_star.double()).float()
+    row = delta[delta.norm(dim=1).argmax()]
+    cosine = torch.nn.functional.cosine_similarity(row, u, dim=0)
+    assert abs(cosine.item()) > 0.999
+    # W' k = v*: the change on k equals v* - W k exactly by construction
+    assert torch.allclose(delta @ k[0], v_after[0] - (before @ k[0] + _bias(module)), atol=1e-4)
+    edit.restore()
+
+
+def _bias(module):
+    return module.bias.detach() if getattr(module, "bias", None) is not None else 0.0
+
+
+def test_prefix_cached_pass_equals_full_forward(tokenizer):
+    for arch in ("gpt2", "llama", "gemma2", "phi3"):
+        model = tiny_model(arch)
+        rows = [
+            encode(tokenizer, t).ids
+            for t in [
+                "Because it rained. Tourists visit the Eiffel Tower",
+                "Tourists visit Paris",
+                "I saw the Eiffel Tower",
+                "Tower",
+            ]
+        ]
+        split = [len(r) - 2 for r in rows[:3]] + [0]
+        passes = PrefixCachedPass(model, rows, split, 0)
+        with torch.no_grad():
+            cached = passes.logits([0, 1])
+            for i, row in enumerate(rows):
+                full = model(torch.tensor([row])).logits[0]
+                for j, col in enumerate([0, 1]):
+                    if split[i] + col < len(row):
+                        assert torch.allclose(cached[i, j], full[split[i] + col], atol=1e-4), arch
+        # a second call starts again from the prefix
+        with torch.no_grad():
+            assert torch.allclose(passes.logits([0, 1]), cached, atol=1e-6)
+
+
+def test_statistics_match_a_direct_computation_and_are_cached(tokenizer, env, corpus_file):
+    model = tiny_model("llama")
+    path = "model.layers.1.mlp.down_proj"
+    mom2 = second_moments(model, tokenizer, [path], env, n_samples=50)[path]
+    docs = [line for line in corpus_file.read_text().splitlines() if line.strip()]
+    import random
+
+    chosen = random.Random(env.seed).sample(docs, 50)
+    keys = []
+    for doc in chosen:
+        seen: dict = {}
+        handle = model.get_submodule(path).register_forward_pre_hook(
+            lambda m, a, seen=seen: seen.setdefault("k", a[0])
+        )
+        with torch.no_grad():
+            model(torch.tensor([tokenizer(doc)["input_ids"]]))
+        handle.remove()
+        keys.append(seen["k"][0])
+    keys = torch.cat(keys)
+    assert torch.allclose(mom2, keys.T @ keys / len(keys), atol=1e-5)
+
+    files = list((env.cache_dir / "stats").rglob("*.safetensors"))
+    assert len(files) == 1
+    assert env.fingerprint(model) in str(files[0]) and "n50" in files[0].name
+    # a fresh environment reads the file instead of recomputing
+    fresh = Environment(cache_dir=env.cache_dir, stats_corpus=env.stats_corpus, progress=False)
+    stamp = files[0].stat().st_mtime_ns
+    again = second_moments(model, tokenizer, [path], fresh, n_samples=50)[path]
+    assert torch.equal(again, mom2) and files[0].stat().st_mtime_ns == stamp
+    # another sample count, or another model, is another cache entry
+    second_moments(model, tokenizer, [path], fresh, n_samples=40)
+    second_moments(tiny_model("llama", seed=1), tokenizer, [path], fresh, n_samples=50)
+    assert len(list((env.cache_dir / "stats").rglob("*.safetensors"))) == 3
+
+
+def test_several_layers_in_one_pass(tokenizer, env):
+    model = tiny_model("gpt2")
+    paths = ["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"]
+    both = second_moments(model, tokenizer, paths, env, n_samples=30)
+    alone = second_moments(
+        model,
+        tokenizer,
+        paths[1:],
+        Environment(cache_dir=env.cache_dir / "x", stats_corpus=env.stats_corpus, progress=False),
+        30,
+    )
+    assert torch.allclose(both[paths[1]], alone[paths[1]], atol=1e-6)
+    assert both[paths[0]].shape == (64, 64)
+
+
+def test_missing_corpus_is_a_clear_error(tokenizer, tmp_path):
+    model = tiny_model("llama")
+    env = Environment(cache_dir=tmp_path, stats_corpus="wikitext-2", data_dir=None)
+    with pytest.raises(FileNotFoundError, match="KEDIT_DATA_DIR"):
+        second_moments(model, tokenizer, ["model.layers.0.mlp.down_proj"], env, 10)
+
+
+def test_context_templates_are_seeded_and_cached(tokenizer, env):
+    model = tiny_model("llama")
+    groups = context_templates(model, tokenizer, env, [[3, 4]])
+    assert groups[0] == ["{}"] and len(groups[1]) == 4
+    assert all(t.endswith(". {}") and t.count("{}") == 1 for t in groups[1])
+    other = Environment(cache_dir=env.cache_dir / "other", progress=False)
+    assert context_templates(model, tokenizer, other, [[3, 4]]) == groups
+
+
+def test_rome_single_request_only(tokenizer, env):
+    model = tiny_model("llama")
+    method = get_method("rome").for_model(model, TINY["rome"], env)
+    with pytest.raises(ValueError, match="one request at a time"):
+        method.edit(model, tokenizer, [REQUEST, REQUEST])
+
+
+def test_input_is_batched_for_templates(tokenizer):
+    batch = pad([[1, 2, 3], [4]], 0, left=True)
+    assert batch.column(1, 0) == 2 and batch.column(0, -1) == 2

@@ -1,0 +1,98 @@
+"""Sequential editing: stacking, exact rollback of the last k edits, flat memory."""
+
+import pytest
+import torch
+
+from kedit.methods import EditSession, get_method
+from kedit.types import EditRequest
+from tests.conftest import assert_same_state, snapshot, tiny_model
+from tests.tiny_configs import TINY
+
+REQUESTS = [
+    EditRequest("Tourists visit {}", "the Eiffel Tower", "Rome", "Paris"),
+    EditRequest("The capital of {}", "Germany", "Madrid", "Berlin"),
+    EditRequest("People in {}", "Brazil", "Italian", "Portuguese"),
+]
+
+
+@pytest.mark.parametrize("name", ["rome", "ft-m", "grace", "ike"])
+def test_rollback_reproduces_earlier_states_exactly(name, tokenizer, env):
+    model = tiny_model("llama")
+    states = [snapshot(model)]
+    session = EditSession(model, tokenizer, env)
+    for request in REQUESTS:
+        session.apply(request, name, **TINY[name])
+        states.append(snapshot(model))
+    assert len(session) == 3
+    session.rollback(2)
+    assert_same_state(model, states[1])
+    session.apply(REQUESTS[2], name, **TINY[name])
+    session.restore()
+    assert_same_state(model, states[0])
+    assert len(session) == 0
+
+
+def test_grace_edits_share_one_codebook(tokenizer, env):
+    model = tiny_model("llama")
+    with EditSession(model, tokenizer, env) as session:
+        for request in REQUESTS:
+            session.apply(request, "grace", **TINY["grace"])
+        codebooks = [m for m in model.modules() if type(m).__name__ == "GraceCodebook"]
+        assert len(codebooks) == 1 and len(codebooks[0].labels) == 3
+        session.rollback(1)
+        assert len(codebooks[0].labels) == 2
+    assert not [m for m in model.modules() if type(m).__name__ == "GraceCodebook"]
+
+
+def test_ike_session_accumulates_facts(tokenizer, env):
+    model = tiny_model("llama")
+    session = EditSession(model, tokenizer, env)
+    for request in REQUESTS[:2]:
+        session.apply(request, "ike", **TINY["ike"])
+    assert [f.subject for f in session.model.facts] == ["the Eiffel Tower", "Germany"]
+    session.rollback(1)
+    assert [f.subject for f in session.model.facts] == ["the Eiffel Tower"]
+
+
+def test_restore_data_does_not_grow_with_copies(tokenizer, env):
+    """ROME keeps one weight copy per touched parameter plus rank-one factors per edit."""
+    model = tiny_model("llama")
+    session = EditSession(model, tokenizer, env)
+    for request in REQUESTS:
+        session.apply(request, "rome", **TINY["rome"])
+    weight = model.get_submodule("model.layers.0.mlp.down_proj").weight
+    one_copy = weight.numel() * weight.element_size()
+    factors = (weight.shape[0] + weight.shape[1]) * 4
+    assert session.restore_bytes == one_copy + 3 * factors
+    session.restore()
+
+
+def test_only_the_latest_edit_restores_alone(tokenizer, env):
+    model = tiny_model("llama")
+    before = snapshot(model)
+    session = EditSession(model, tokenizer, env)
+    first = session.apply(REQUESTS[0], "ft-m", **TINY["ft-m"])
+    second = session.apply(REQUESTS[1], "ft-m", **TINY["ft-m"])
+    with pytest.raises(RuntimeError, match="rollback"):
+        first.restore()
+    second.restore()
+    first.restore()
+    assert_same_state(model, before)
+    with pytest.raises(ValueError, match="cannot roll back"):
+        session.rollback(1)
+
+
+def test_standalone_edit_as_context_manager(tokenizer, env):
+    model = tiny_model("gpt2")
+    before = snapshot(model)
+    method = get_method("rome").for_model(model, TINY["rome"], env)
+    with method.edit(model, tokenizer, REQUESTS[0]) as edit:
+        assert edit.active
+        assert not torch.equal(
+            model.state_dict()["transformer.h.0.mlp.c_proj.weight"],
+            before["transformer.h.0.mlp.c_proj.weight"],
+        )
+    assert not edit.active
+    assert_same_state(model, before)
+    edit.restore()  # idempotent
+    assert_same_state(model, before)
