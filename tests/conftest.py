@@ -137,12 +137,15 @@ TINY_CONFIGS = {
 }
 
 
+#: where tiny models live; KEDIT_TEST_DEVICE=cuda runs the unit tests on a GPU
+DEVICE = torch.device(os.environ.get("KEDIT_TEST_DEVICE", "cpu"))
+
+
 def tiny_model(model_type: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = TINY_CONFIGS[model_type]()
     config._attn_implementation = "eager"
-    model = AutoModelForCausalLM.from_config(config).eval()
-    return model
+    return AutoModelForCausalLM.from_config(config).to(DEVICE).eval()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from kedit.model.arch import (
     weight_out_in,
 )
 from kedit.types import EditRequest
-from tests.conftest import TINY_CONFIGS, tiny_model
+from tests.conftest import DEVICE, TINY_CONFIGS, tiny_model
 
 REQUIRED = [
     "gpt2",
@@ -63,7 +63,7 @@ def test_mlp_keys_feed_the_output_projection(model_type):
     module = spec.module(model, "mlp_out", 0)
     handle = module.register_forward_pre_hook(lambda m, a: seen.setdefault("k", a[0]))
     with torch.no_grad():
-        model(torch.tensor([[5, 6, 7]]))
+        model(torch.tensor([[5, 6, 7]], device=DEVICE))
     handle.remove()
     assert seen["k"].shape[-1] == 64
 

@@ -9,10 +9,10 @@ from kedit.model.hooks import (
     hook_count,
     run_until_stopped,
 )
-from tests.conftest import tiny_model
+from tests.conftest import DEVICE, tiny_model
 
 PATH = "model.layers.0.mlp.down_proj"
-IDS = torch.tensor([[5, 6, 7, 8]])
+IDS = torch.tensor([[5, 6, 7, 8]], device=DEVICE)
 
 
 def test_trace_keeps_input_and_output():
@@ -70,3 +70,17 @@ def test_frozen_restores_each_flag():
     with frozen(model):
         assert not any(p.requires_grad for p in params)
     assert [p.requires_grad for p in params] == [False] + [True] * (len(params) - 1)
+
+
+def test_edit_input_changes_what_the_module_reads():
+    model = tiny_model("llama")
+    with Trace(model, PATH, retain_output=True) as plain:
+        model(IDS)
+    with Trace(
+        model, PATH, edit_input=torch.zeros_like, retain_input=True, retain_output=True
+    ) as zeroed:
+        model(IDS)
+    assert torch.count_nonzero(zeroed.input) == 0
+    assert torch.count_nonzero(zeroed.output) == 0  # down_proj has no bias
+    assert torch.count_nonzero(plain.output) > 0
+    assert hook_count(model) == 0

@@ -5,7 +5,7 @@ import torch
 
 from kedit.model.lm import HFLanguageModel
 from kedit.model.tokens import encode_prompt_target, join_target, token_index_of_span
-from tests.conftest import tiny_model
+from tests.conftest import DEVICE, tiny_model
 
 PROMPTS = [
     "The Eiffel Tower is located in the city of",
@@ -20,7 +20,7 @@ def reference_scores(model, tok, prompt, target):
     """Unbatched, unpadded: log p of each target token and the top-1 token."""
     pair = encode_prompt_target(tok, prompt, target)
     with torch.no_grad():
-        logits = model(torch.tensor([pair.ids])).logits[0].log_softmax(-1)
+        logits = model(torch.tensor([pair.ids], device=DEVICE)).logits[0].log_softmax(-1)
     n = pair.n_prompt
     rows = logits[n - 1 : len(pair.ids) - 1]
     target_ids = torch.tensor(pair.target_ids)
@@ -81,10 +81,10 @@ def test_next_token_and_greedy_generation(arch, tokenizer):
     assert dists.shape == (len(PROMPTS), model.config.vocab_size)
     texts = lm.generate(PROMPTS, [3, 1, 2, 4])
     for prompt, n, dist, text in zip(PROMPTS, [3, 1, 2, 4], dists, texts):
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(DEVICE)
         with torch.no_grad():
             last = model(ids).logits[0, -1].log_softmax(-1)
-        assert torch.allclose(dist, last, atol=1e-4)
+        assert torch.allclose(dist, last.cpu(), atol=1e-4)
         generated = []
         for _ in range(n):  # greedy by hand
             with torch.no_grad():

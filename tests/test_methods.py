@@ -8,7 +8,7 @@ from kedit.methods._embed import LexicalEmbedder
 from kedit.methods.grace import GraceCodebook
 from kedit.methods.ike import InContextLM, _demo_kinds
 from kedit.types import EditRequest
-from tests.conftest import tiny_model
+from tests.conftest import DEVICE, tiny_model
 from tests.tiny_configs import TINY
 
 REQUEST = EditRequest("Tourists visit {}", "the Eiffel Tower", "Rome", "Paris")
@@ -40,8 +40,8 @@ def test_ft_m_loss_ignores_the_prompt(tokenizer, env):
     ids = tokenizer(REQUEST.text + " Rome")["input_ids"]
     n_prompt = len(tokenizer(REQUEST.text)["input_ids"])
     with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0].log_softmax(-1)
-    target = torch.tensor(ids[n_prompt:])
+        logits = model(torch.tensor([ids], device=DEVICE)).logits[0].log_softmax(-1)
+    target = torch.tensor(ids[n_prompt:], device=DEVICE)
     expected = -logits[n_prompt - 1 : len(ids) - 1].gather(1, target[:, None]).mean().item()
     assert loss == pytest.approx(expected, abs=1e-5)
 

@@ -12,7 +12,7 @@ from kedit.methods._value import PrefixCachedPass
 from kedit.model.arch import weight_out_in
 from kedit.model.tokens import encode, pad
 from kedit.types import EditRequest
-from tests.conftest import tiny_model
+from tests.conftest import DEVICE, tiny_model
 from tests.tiny_configs import TINY
 
 REQUEST = EditRequest("Tourists visit {}", "the Eiffel Tower", "Rome", "Paris")
@@ -39,7 +39,7 @@ def test_update_is_rank_one_and_writes_v_star(arch, tokenizer, env):
     )
     k_star = mean_key(model, tokenizer, REQUEST, templates, path)
     mom2 = second_moments(model, tokenizer, [path], env, TINY["rome"]["mom2_n_samples"])[path]
-    u = torch.linalg.solve(mom2.double(), k_star.double()).float()
+    u = torch.linalg.solve(mom2.double(), k_star.double().cpu()).float().to(k_star.device)
     row = delta[delta.norm(dim=1).argmax()]
     cosine = torch.nn.functional.cosine_similarity(row, u, dim=0)
     assert abs(cosine.item()) > 0.999
@@ -69,7 +69,7 @@ def test_prefix_cached_pass_equals_full_forward(tokenizer):
         with torch.no_grad():
             cached = passes.logits([0, 1])
             for i, row in enumerate(rows):
-                full = model(torch.tensor([row])).logits[0]
+                full = model(torch.tensor([row], device=DEVICE)).logits[0]
                 for j, col in enumerate([0, 1]):
                     if split[i] + col < len(row):
                         assert torch.allclose(cached[i, j], full[split[i] + col], atol=1e-4), arch
@@ -93,10 +93,10 @@ def test_statistics_match_a_direct_computation_and_are_cached(tokenizer, env, co
             lambda m, a, seen=seen: seen.setdefault("k", a[0])
         )
         with torch.no_grad():
-            model(torch.tensor([tokenizer(doc)["input_ids"]]))
+            model(torch.tensor([tokenizer(doc)["input_ids"]], device=DEVICE))
         handle.remove()
         keys.append(seen["k"][0])
-    keys = torch.cat(keys)
+    keys = torch.cat(keys).cpu()
     assert torch.allclose(mom2, keys.T @ keys / len(keys), atol=1e-5)
 
     files = list((env.cache_dir / "stats").rglob("*.safetensors"))

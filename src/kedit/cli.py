@@ -22,7 +22,7 @@ from kedit.config import parse_override
 from kedit.console import format_predictions, format_summary
 from kedit.data import DATASETS
 from kedit.env import Environment
-from kedit.eval.metrics import METRICS
+from kedit.eval.metrics import METRICS, resolve_metrics
 from kedit.methods import ALIASES, METHODS, get_method
 from kedit.model.arch import ARCHS, ArchSpec
 from kedit.model.lm import as_language_model
@@ -208,7 +208,7 @@ def list_things(what: str) -> str:
         ]
         rows += [(a, "alias", f"= {t}") for a, t in ALIASES.items()]
     elif what == "metrics":
-        rows = [(n, METRICS[n].group, METRICS[n].protocol) for n in METRICS.names()]
+        rows = [(m.name, m.group, m.protocol) for m in resolve_metrics(None)]
     elif what == "datasets":
         rows = [
             (n, "bundled" if s.bundled else s.relpath, s.description) for n, s in DATASETS.items()

@@ -214,6 +214,12 @@ def needs_of(metrics: list[Metric]) -> Needs:
     return Needs(frozenset(scores), frozenset(generation))
 
 
+#: the survey's order of measure groups, used for tables
+GROUP_ORDER = ("reliability", "generalization", "locality")
+
+
 def resolve_metrics(names: list[str] | None) -> list[Metric]:
-    """The named metrics (all registered ones when ``names`` is None)."""
-    return [METRICS[n] for n in (names if names is not None else METRICS.names())]
+    """The named metrics (all registered ones when ``names`` is None), in group order."""
+    chosen = [METRICS[n] for n in (names if names is not None else METRICS.names())]
+    rank = {g: i for i, g in enumerate(GROUP_ORDER)}
+    return sorted(chosen, key=lambda m: (rank.get(m.group, len(rank)), m.name))

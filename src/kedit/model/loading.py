@@ -150,12 +150,15 @@ def load_model(
     """
     device = torch.device(device) if device is not None else default_device()
     path = resolve_model_path(name_or_path, Path(cache_dir) if cache_dir else None)
+    # "auto" on CPU is float32; on a GPU the checkpoint's own dtype is loaded first, so a large
+    # model is never materialised in float32 just to be cast down
+    if dtype in (None, "auto"):
+        load_dtype: str | torch.dtype = torch.float32 if device.type == "cpu" else "auto"
+    else:
+        load_dtype = resolve_dtype(dtype, device, 0)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=torch.float32 if dtype in (None, "auto") else resolve_dtype(dtype, device, 0),
-        )
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=load_dtype)
     except OSError as err:
         if not Path(path).exists() and not hub_reachable():
             raise OSError(
@@ -163,6 +166,8 @@ def load_model(
                 f"is unreachable. Pass a local model folder or one of: {', '.join(ALIASES)}"
             ) from err
         raise
+    if name_or_path.lower() in ALIASES:  # report the alias, not the cache folder
+        model.config._name_or_path = name_or_path.lower()
     n_params = sum(p.numel() for p in model.parameters())
     target = resolve_dtype(dtype, device, n_params)
     model = model.to(device=device, dtype=target).eval()
