@@ -67,8 +67,11 @@ def test_frozen_restores_each_flag():
     model = tiny_model("llama")
     params = list(model.parameters())
     params[0].requires_grad_(False)
+    model.train()
     with frozen(model):
         assert not any(p.requires_grad for p in params)
+        assert not model.training
+    assert model.training
     assert [p.requires_grad for p in params] == [False] + [True] * (len(params) - 1)
 
 

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.corpus import load_corpus
 from kedit.env import Environment
-from kedit.model.hooks import TraceDict, run_until_stopped
+from kedit.model.hooks import TraceDict, eval_mode, run_until_stopped
 from kedit.model.lm import model_device
 from kedit.model.tokens import pad, pad_id
 
@@ -116,9 +116,7 @@ def _accumulate(
         disable=not progress,
         desc=f"key statistics ({len(paths)} module{'s' * (len(paths) > 1)})",
     )
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model), bar:
         start = 0
         while start < len(encoded):
             width = len(encoded[start])
@@ -135,8 +133,5 @@ def _accumulate(
                 sums[path] = total if path not in sums else sums[path] + total
             count += int(mask.sum())
             bar.update(int(mask.sum()))
-    finally:
-        bar.close()
-        model.train(was_training)
     log.info("key statistics for %s from %d documents, %d tokens", paths, len(docs), count)
     return {p: (s / count).cpu() for p, s in sums.items()}

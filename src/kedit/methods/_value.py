@@ -93,42 +93,37 @@ def optimise_value(
         return out
 
     kl_start = None
-    was_training = model.training
-    model.eval()
-    try:
-        with frozen(model), Trace(model, module_path, edit_output=add_delta):
-            for step in range(search.steps):
-                # column 0 (the subject's last token) for the KL row; the rewriting rows end
-                # with target[:-1], so their last n_target columns predict the target
-                logits = passes.logits([0, *range(rewrite_end - n_target, rewrite_end)])
-                logprobs = torch.log_softmax(logits.float(), -1)  # (batch, 1 + n, vocab)
-                tgt = logprobs[:-1, 1:]  # (prompts, n, vocab)
-                nll = -tgt.gather(2, target.expand(tgt.shape[0], -1)[..., None])[..., 0]
-                nll = nll.sum(1).mean() / n_target
-                kl_now = logprobs[-1, 0]  # next-token distribution after "{subject}" (vocab,)
-                if kl_start is None:
-                    kl_start = kl_now.detach()
-                kl = search.kl_factor * F.kl_div(kl_start, kl_now, log_target=True, reduction="sum")
-                decay = search.weight_decay * delta.norm() / start["v"].norm() ** 2
-                loss = nll + kl + decay
-                log.debug(
-                    "step %d: nll %.4f kl %.4f decay %.4f",
-                    step,
-                    nll.item(),
-                    kl.item(),
-                    decay.item(),
-                )
-                if loss.item() < EARLY_STOP_LOSS or step == search.steps - 1:
-                    break
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                with torch.no_grad():
-                    radius = search.clamp_norm_factor * start["v"].norm()
-                    if delta.norm() > radius:
-                        delta.mul_(radius / delta.norm())
-    finally:
-        model.train(was_training)
+    with frozen(model), Trace(model, module_path, edit_output=add_delta):
+        for step in range(search.steps):
+            # column 0 (the subject's last token) for the KL row; the rewriting rows end
+            # with target[:-1], so their last n_target columns predict the target
+            logits = passes.logits([0, *range(rewrite_end - n_target, rewrite_end)])
+            logprobs = torch.log_softmax(logits.float(), -1)  # (batch, 1 + n, vocab)
+            tgt = logprobs[:-1, 1:]  # (prompts, n, vocab)
+            nll = -tgt.gather(2, target.expand(tgt.shape[0], -1)[..., None])[..., 0]
+            nll = nll.sum(1).mean() / n_target
+            kl_now = logprobs[-1, 0]  # next-token distribution after "{subject}" (vocab,)
+            if kl_start is None:
+                kl_start = kl_now.detach()
+            kl = search.kl_factor * F.kl_div(kl_start, kl_now, log_target=True, reduction="sum")
+            decay = search.weight_decay * delta.norm() / start["v"].norm() ** 2
+            loss = nll + kl + decay
+            log.debug(
+                "step %d: nll %.4f kl %.4f decay %.4f",
+                step,
+                nll.item(),
+                kl.item(),
+                decay.item(),
+            )
+            if loss.item() < EARLY_STOP_LOSS or step == search.steps - 1:
+                break
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            with torch.no_grad():
+                radius = search.clamp_norm_factor * start["v"].norm()
+                if delta.norm() > radius:
+                    delta.mul_(radius / delta.norm())
     log.debug("v* after %d steps: loss %.3f (nll %.3f)", step, loss.item(), nll.item())
     return ValueResult(start["v"] + delta.detach(), start["v"], step, loss.item(), nll.item())
 

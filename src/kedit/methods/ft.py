@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
 from kedit.methods.base import Edit, EditMethod, hf_module
-from kedit.model.arch import arch_of, get_module
+from kedit.model.arch import get_module, layer_path
 from kedit.model.hooks import frozen
 from kedit.model.lm import last_logits, model_device
 from kedit.model.tokens import encode_prompt_target, pad, pad_id
@@ -90,21 +90,15 @@ class FTL(EditMethod):
     ) -> None:
         model = hf_module(model)
         cfg = self.config
-        spec = arch_of(model)
-        module = get_module(model, spec.path(cfg.module, spec.check_layer(model, cfg.layer)))
+        module = get_module(model, layer_path(model, cfg.module, cfg.layer))
         params = list(module.parameters())
         batches = [
             requests[i : i + cfg.batch_size] for i in range(0, len(requests), cfg.batch_size)
         ]
-        was_training = model.training
-        model.eval()
-        try:
-            with edit.tracking(params), frozen(model):
-                for p in params:
-                    p.requires_grad_(True)
-                edit.info["final_loss"] = self._train(model, tok, batches, params)
-        finally:
-            model.train(was_training)
+        with edit.tracking(params), frozen(model):
+            for p in params:
+                p.requires_grad_(True)
+            edit.info["final_loss"] = self._train(model, tok, batches, params)
 
     def _train(
         self,

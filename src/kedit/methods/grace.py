@@ -35,7 +35,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
 from kedit.methods.base import Edit, EditMethod, hf_module
-from kedit.model.arch import arch_of, get_module
+from kedit.model.arch import get_module, layer_path
 from kedit.model.hooks import Trace, frozen, run_until_stopped
 from kedit.model.lm import model_device
 from kedit.model.tokens import PromptTarget, encode_prompt_target, pad
@@ -143,8 +143,7 @@ class GRACE(EditMethod):
         model = hf_module(model)
         (request,) = requests
         cfg = self.config
-        spec = arch_of(model)
-        path = spec.path(cfg.module, spec.check_layer(model, cfg.layer))
+        path = layer_path(model, cfg.module, cfg.layer)
         pair = encode_prompt_target(tok, request.text, request.target_new)
         query, layer_out = self._query(model, path, pair.ids, pair.n_prompt - 1)
 
@@ -201,8 +200,6 @@ class GRACE(EditMethod):
         others[index] = False
         optimiser = torch.optim.Adam([codebook.values], lr=cfg.edit_lr)
         loss = float("inf")
-        was_training = model.training
-        model.eval()
         try:
             with frozen(model):
                 codebook.values.requires_grad_(True)
@@ -218,5 +215,4 @@ class GRACE(EditMethod):
                     optimiser.step()
         finally:
             codebook.values.grad = None
-            model.train(was_training)
         return loss

@@ -35,7 +35,7 @@ from kedit.methods._templates import context_templates
 from kedit.methods._value import ValueSearch, optimise_value
 from kedit.methods._weights import low_rank_delta
 from kedit.methods.base import Edit, EditMethod, hf_module
-from kedit.model.arch import arch_of, get_module
+from kedit.model.arch import get_module, layer_path
 from kedit.types import EditRequest
 
 
@@ -98,8 +98,7 @@ class ROME(EditMethod):
         model = hf_module(model)
         (request,) = requests
         cfg = self.config
-        spec = arch_of(model)
-        path = spec.path("mlp_out", spec.check_layer(model, cfg.layer))
+        path = layer_path(model, "mlp_out", cfg.layer)
         module = get_module(model, path)
         templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
 

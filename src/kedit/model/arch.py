@@ -259,6 +259,12 @@ def arch_of(model: nn.Module) -> ArchSpec:
     return ARCHS.get(model_type_of(model)).resolved(model)
 
 
+def layer_path(model: nn.Module, part: str, layer: int) -> str:
+    """Path of canonical ``part`` in block ``layer`` (negative counts from the end)."""
+    spec = arch_of(model)
+    return spec.path(part, spec.check_layer(model, layer))
+
+
 def get_module(model: nn.Module, path: str) -> nn.Module:
     """The submodule at a dotted ``path``, with an error naming the missing piece."""
     try:

@@ -184,14 +184,27 @@ def run_until_stopped(model: nn.Module, **inputs: Any) -> Any:
 
 
 @contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Temporarily put ``model`` in eval mode (no dropout), restoring its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
 def frozen(model: nn.Module) -> Iterator[None]:
-    """Temporarily set ``requires_grad=False`` on every parameter (no weight gradients are
-    computed when optimising activations), restoring each flag afterwards."""
+    """Eval mode with ``requires_grad=False`` on every parameter, for optimising activations or
+    a few chosen parameters without computing other weight gradients; each flag and the mode
+    are restored afterwards."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for p, _ in flags:
             p.requires_grad_(False)
-        yield
+        with eval_mode(model):
+            yield
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
