@@ -153,3 +153,49 @@ def test_bad_override_is_rejected_before_editing(model_dir, tmp_path, corpus_fil
         ]
     )
     assert code == 2 and "did you mean 'layer'" in capsys.readouterr().err
+
+
+def test_sequential_eval_prints_the_decay_table(model_dir, tmp_path, corpus_file, capsys):
+    code = main(
+        [
+            "eval",
+            *common(model_dir, tmp_path, corpus_file),
+            "--method",
+            "ft-m",
+            "--set",
+            "layer=1",
+            "--set",
+            "num_steps=2",
+            "--sequential",
+            "3",
+            "--checkpoints",
+            "1,2",
+            "--metrics",
+            "efficacy_score,neighborhood_score",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "sequential-final: 3 edits" in out and "after N edits" in out
+    assert main(["eval", "--checkpoints", "1,2"]) == 2
+    assert "go with --sequential" in capsys.readouterr().err
+
+
+def test_stats_precomputes_the_methods_layers(model_dir, tmp_path, corpus_file, capsys):
+    code = main(
+        [
+            "stats",
+            *common(model_dir, tmp_path, corpus_file),
+            "--method",
+            "memit",
+            "--set",
+            "layers=[0, 1]",
+            "--set",
+            "mom2_n_samples=50",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "2 layer(s)" in out
+    assert len(list((tmp_path / "cache" / "stats").rglob("*.safetensors"))) == 2
+    assert main(["stats", *common(model_dir, tmp_path, corpus_file), "--method", "ft-m"]) == 2
+    assert "uses no key statistics" in capsys.readouterr().err

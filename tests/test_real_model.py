@@ -54,13 +54,43 @@ def test_rome_on_20_counterfact_cases(smol):
     assert abs(ns["post"] - ns["pre"]) <= 0.1
 
 
+@pytest.mark.parametrize("name", ["memit", "emmet", "alphaedit"])
+def test_batch_of_20_counterfact_cases_in_one_call(name, smol):
+    """Issue 3's acceptance: 20 CounterFact facts in one update, efficacy score at least 0.9 and
+    the neighbourhood score within 0.1 of the unedited model's."""
+    model, tok, env = smol
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    report = kedit.evaluate(
+        model,
+        tok,
+        "counterfact",
+        name,
+        n_edits=20,
+        batch_size=20,
+        env=env,
+        metrics=["efficacy_score", "neighborhood_score"],
+        progress=False,
+    )
+    metrics = report.summary["metrics"]
+    assert metrics["efficacy_score"]["n"] == 20
+    assert {row["batch_size"] for row in report.rows} == {20}
+    assert metrics["efficacy_score"]["post"] >= 0.9
+    ns = metrics["neighborhood_score"]
+    assert abs(ns["post"] - ns["pre"]) <= 0.1
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
 #: in-context methods need a model that learns in context; SmolLM2-135M does not (it answers
 #: " Paris" even with the new fact stated twice just before the prompt), so IKE is checked for
 #: what it does on this model in test_ike_on_the_real_model instead
 IN_CONTEXT = {"ike"}
+#: methods known to damage unrelated knowledge (KN, as the survey finds): checked on their own
+DAMAGING = {"kn"}
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS.names() if n not in {"rome", *IN_CONTEXT}])
+@pytest.mark.parametrize(
+    "name", [n for n in METHODS.names() if n not in {"rome", *IN_CONTEXT, *DAMAGING}]
+)
 def test_every_method_edits_the_real_model(name, smol):
     """Each method's preset for SmolLM2 makes the new target the answer, and restores exactly."""
     model, tok, env = smol
@@ -72,6 +102,21 @@ def test_every_method_edits_the_real_model(name, smol):
         assert after > before + 1.0
         assert top1(edit.lm, EIFFEL.text, tok) == " Rome"
         assert top1(edit.lm, "The capital of France is", tok) == " Paris"
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_kn_edits_the_real_model_and_restores(smol):
+    """KN's preset for SmolLM2 rewrites a few neurons' value slots so that " Rome" becomes the
+    answer; it is not expected to spare "The capital of France is" (see presets/kn/llama.yaml)."""
+    model, tok, env = smol
+    lm = kedit.HFLanguageModel(model, tok)
+    before = lm.score_targets([EIFFEL.text], [EIFFEL.target_new])[0].mean_logprob
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with kedit.edit(model, tok, EIFFEL, method="kn", env=env) as edit:
+        after = edit.lm.score_targets([EIFFEL.text], [EIFFEL.target_new])[0].mean_logprob
+        assert after > before + 1.0
+        assert top1(edit.lm, EIFFEL.text, tok) == " Rome"
+        assert 1 < len(edit.info["neurons"]) < 100
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 

@@ -6,7 +6,7 @@ import torch
 from kedit.env import Environment
 from kedit.methods import get_method
 from kedit.methods._keys import mean_key, subject_io
-from kedit.methods._stats import second_moments
+from kedit.methods._stats import second_moments, stats_for, token_cap
 from kedit.methods._templates import context_templates
 from kedit.methods._value import PrefixCachedPass
 from kedit.model.arch import weight_out_in
@@ -38,7 +38,7 @@ def test_update_is_rank_one_and_writes_v_star(arch, tokenizer, env):
         model, tokenizer, env, TINY["rome"]["context_template_length_params"]
     )
     k_star = mean_key(model, tokenizer, REQUEST, templates, path)
-    mom2 = second_moments(model, tokenizer, [path], env, TINY["rome"]["mom2_n_samples"])[path]
+    mom2 = stats_for(model, tokenizer, [path], env, method.config)[path]
     u = torch.linalg.solve(mom2.double(), k_star.double().cpu()).float().to(k_star.device)
     row = delta[delta.norm(dim=1).argmax()]
     cosine = torch.nn.functional.cosine_similarity(row, u, dim=0)
@@ -154,3 +154,17 @@ def test_rome_single_request_only(tokenizer, env):
 def test_input_is_batched_for_templates(tokenizer):
     batch = pad([[1, 2, 3], [4]], 0, left=True)
     assert batch.column(1, 0) == 2 and batch.column(0, -1) == 2
+
+
+def test_dynamic_multiplier_caps_the_sample(tokenizer, env):
+    model = tiny_model("llama")
+    path = "model.layers.0.mlp.down_proj"
+    assert token_cap(model, path, 10.0) == 640  # 10 x d_k
+    assert token_cap(model, path, None) is None
+    expected_auto = 640 if DEVICE.type == "cpu" else None
+    assert token_cap(model, path, "auto") == expected_auto
+    capped = second_moments(model, tokenizer, [path], env, 1000, max_tokens=200)[path]
+    full = second_moments(model, tokenizer, [path], env, 1000)[path]
+    assert not torch.allclose(capped, full)
+    names = sorted(f.name for f in (env.cache_dir / "stats").rglob("*.safetensors"))
+    assert any("tok200" in n for n in names) and any("tokall" in n for n in names)

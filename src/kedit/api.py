@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from kedit.env import Environment
 from kedit.eval.runner import EvalReport
 from kedit.eval.runner import evaluate as _evaluate
+from kedit.eval.sequential import evaluate_sequential
 from kedit.methods import EditMethod, make_method
 from kedit.methods.base import Edit
 from kedit.model.loading import load_model
@@ -71,7 +72,15 @@ def evaluate(
     method: str | EditMethod = "rome",
     **kwargs: Any,
 ) -> EvalReport:
-    """Edit and audit every case of ``dataset``; see :func:`kedit.eval.runner.evaluate`."""
+    """Edit and audit every case of ``dataset``.
+
+    With ``n_edits=N`` (and optionally ``batch_size``, ``checkpoints``, ``scoring``) the first
+    N cases are edited in sequence (:func:`kedit.eval.sequential.evaluate_sequential`);
+    otherwise each case is edited on the unedited model (:func:`kedit.eval.runner.evaluate`).
+    """
+    if "n_edits" in kwargs:
+        kwargs.pop("limit", None)
+        return evaluate_sequential(model, tok, dataset, method, **kwargs)
     return _evaluate(model, tok, dataset, method, **kwargs)
 
 

@@ -5,6 +5,8 @@ Examples::
     kedit edit --method rome --prompt "{} is located in the city of" \\
         --subject "The Eiffel Tower" --target Rome
     kedit eval --method rome --dataset counterfact --limit 20 --out runs/rome
+    kedit eval --method memit --sequential 40 --checkpoints 1,10,20 --out runs/memit-seq
+    kedit stats --method memit
     kedit ls methods
 """
 
@@ -14,6 +16,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,9 @@ from kedit.console import format_predictions, format_summary
 from kedit.data import DATASETS
 from kedit.env import Environment
 from kedit.eval.metrics import METRICS, resolve_metrics
-from kedit.methods import ALIASES, METHODS, get_method
+from kedit.methods import ALIASES, METHODS, get_method, make_method
+from kedit.methods._spread import edited_layers
+from kedit.methods._stats import StatsConfig, stats_for
 from kedit.model.arch import ARCHS, ArchSpec
 from kedit.model.lm import as_language_model
 from kedit.model.loading import ALIASES as MODEL_ALIASES
@@ -97,6 +102,35 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="folder for results.jsonl, run.json, summary.json")
     ev.add_argument("--resume", action="store_true", help="continue the run in --out")
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ev.add_argument(
+        "--sequential",
+        type=int,
+        metavar="N",
+        help="edit the first N cases one after another without restoring",
+    )
+    ev.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="with --sequential: edits per update (batch methods)",
+    )
+    ev.add_argument(
+        "--checkpoints",
+        help="with --sequential: also score the cases edited so "
+        "far after these numbers of edits, e.g. 1,10,20,40",
+    )
+    ev.add_argument(
+        "--scoring",
+        choices=["final", "immediate"],
+        default="final",
+        help="with --sequential: score every case after the last edit (final) or "
+        "each right after its own edit (immediate)",
+    )
+
+    st = sub.add_parser(
+        "stats", parents=[common], help="precompute the key statistics a method needs"
+    )
+    st.add_argument("--layers", help="comma-separated layers (default: the method's)")
 
     ls = sub.add_parser("ls", help="list methods, metrics, datasets or models")
     ls.add_argument("what", choices=["methods", "metrics", "datasets", "models"])
@@ -113,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ls":
             print(list_things(args.what))
             return 0
-        return {"edit": run_edit, "eval": run_eval}[args.command](args)
+        return {"edit": run_edit, "eval": run_eval, "stats": run_stats}[args.command](args)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, OSError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"kedit: error: {message}", file=sys.stderr)
@@ -177,6 +211,17 @@ def run_eval(args: argparse.Namespace) -> int:
         METRICS[name]
     if args.resume and not args.out:
         raise ValueError("--resume needs --out: the folder of the run to continue")
+    sequential = {}
+    if args.sequential is not None:
+        points = [int(x) for x in args.checkpoints.split(",")] if args.checkpoints else []
+        sequential = {
+            "n_edits": args.sequential,
+            "batch_size": args.batch_size,
+            "checkpoints": points,
+            "scoring": args.scoring,
+        }
+    elif args.checkpoints or args.batch_size != 1:
+        raise ValueError("--checkpoints and --batch-size go with --sequential N")
     model, tok = _load(args, env)
     report = api.evaluate(
         model,
@@ -190,6 +235,7 @@ def run_eval(args: argparse.Namespace) -> int:
         resume=args.resume,
         env=env,
         progress=not args.quiet,
+        **sequential,
     )
     if args.json:
         print(json.dumps(report.summary, indent=1))
@@ -197,6 +243,28 @@ def run_eval(args: argparse.Namespace) -> int:
         print(format_summary(report))
         if report.out_dir:
             print(f"\nper-case results: {report.out_dir / 'results.jsonl'}")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    env = _environment(args)
+    model, tok = _load(args, env)
+    method = make_method(args.method, model, _overrides(args), env)
+    config = method.config
+    if not isinstance(config, StatsConfig):
+        raise ValueError(f"{args.method} uses no key statistics")
+    layers = (
+        [int(x) for x in args.layers.split(",")]
+        if args.layers
+        else getattr(config, "layers", None) or [config.layer]
+    )
+    paths = edited_layers(model, layers)
+    start = time.perf_counter()
+    stats = stats_for(model, tok, paths, env, config)
+    elapsed = time.perf_counter() - start
+    for path, mom2 in stats.items():
+        print(f"{path}: {tuple(mom2.shape)} second moment")
+    print(f"{len(paths)} layer(s) in {elapsed:.1f} s, cached under {env.cache_dir / 'stats'}")
     return 0
 
 

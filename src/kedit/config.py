@@ -161,26 +161,32 @@ def load_preset(
     method: str, model_type: str, num_layers: int | None, config_cls: type[MethodConfig]
 ) -> dict[str, Any]:
     """Preset overrides for one architecture (and, if given, one depth of that family)."""
-    path = preset_path(method, model_type)
-    if path is None:
-        return {}
-    data = yaml.safe_load(path.read_text()) or {}
-    base = data.pop("base", None)  # "base: llama" starts from that architecture's preset
-    if base is not None:
-        data = {**load_preset(method, base, None, config_cls), **data}
-        by_base = _by_num_layers(method, base)
-        data["by_num_layers"] = {**by_base, **(data.get("by_num_layers") or {})}
-    by_layers = data.pop("by_num_layers", {}) or {}
+    data = _raw_preset(method, model_type)
+    by_layers = data.pop("by_num_layers", {})
     if num_layers is not None and num_layers in by_layers:
         data.update(by_layers[num_layers])
     check_keys(config_cls, data)
     return data
 
 
-def _by_num_layers(method: str, model_type: str) -> dict:
+def _raw_preset(method: str, model_type: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset file's values, after those of its ``base`` (``base: llama`` for another
+    architecture of the same method, ``base: rome/llama`` for another method's)."""
     path = preset_path(method, model_type)
-    data = (yaml.safe_load(path.read_text()) or {}) if path else {}
-    return data.get("by_num_layers") or {}
+    if path is None:
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.pop("base", None)
+    if base is None:
+        data["by_num_layers"] = dict(data.get("by_num_layers") or {})
+        return data
+    base_method, _, base_type = base.rpartition("/")
+    here = f"{method}/{model_type}"
+    if here in seen:
+        raise ValueError(f"preset cycle through {here}")
+    inherited = _raw_preset(base_method or method, base_type, (*seen, here))
+    layers = {**inherited.pop("by_num_layers"), **(data.pop("by_num_layers", None) or {})}
+    return {**inherited, **data, "by_num_layers": layers}
 
 
 def resolve_config(

@@ -38,7 +38,40 @@ def format_summary(report: EvalReport) -> str:
         f"median evaluation time per case {_fmt(s['median_eval_time_s'])} s"
     )
     table = format_table(("metric", "group", "protocol", "before", "after", "n"), rows)
-    return f"{head}\n\n{table}\n\n{times}"
+    out = f"{head}\n\n{table}\n\n{times}"
+    if len(s.get("checkpoints", {})) > 1:
+        out += "\n\n" + format_decay(s)
+    return out
+
+
+DECAY_COLUMNS = (
+    "efficacy_score",
+    "paraphrase_score",
+    "neighborhood_score",
+    "locality_top1_agreement",
+)
+
+
+def format_decay(summary: dict) -> str:
+    """The main score of each group at every checkpoint of a sequential run."""
+    points = summary["checkpoints"]
+    columns = [c for c in DECAY_COLUMNS if any(c in m for m in points.values())]
+    rows = [
+        (
+            k,
+            str(next(iter(m.values()))["n"]) if m else "0",
+            *(_decay_cell(m.get(c, {})) for c in columns),
+        )
+        for k, m in points.items()
+    ]
+    title = "after N edits, over the cases edited so far (unedited model in brackets):\n"
+    return title + format_table(("edits", "cases", *columns), rows)
+
+
+def _decay_cell(values: dict) -> str:
+    if values.get("pre") is None:
+        return _fmt(values.get("post"))
+    return f"{_fmt(values.get('post'))} ({_fmt(values['pre'])})"
 
 
 def format_predictions(

@@ -71,13 +71,13 @@ def evaluate(
 ) -> EvalReport:
     """Edit and score each case of ``dataset`` with ``method`` (see module docstring)."""
     env = env if env is not None else Environment()
-    cases = _cases(dataset, env, limit)
+    cases = select_cases(dataset, env, limit)
     editor = (
         method if isinstance(method, EditMethod) else make_method(method, model, overrides, env)
     )
     chosen = resolve_metrics(metrics)
-    run = _run_info(model, editor, dataset, cases, chosen, env)
-    store = _ResultStore(Path(out_dir)) if out_dir is not None else None
+    run = run_info(model, editor, dataset, cases, chosen, env)
+    store = ResultStore(Path(out_dir)) if out_dir is not None else None
     done: dict[str, dict] = {}
     if store is not None:
         done = store.open(run, resume)
@@ -114,7 +114,7 @@ def evaluate(
     return EvalReport(summary, rows, store.root if store else None)
 
 
-def _cases(
+def select_cases(
     dataset: str | Sequence[EditCase], env: Environment, limit: int | None
 ) -> list[EditCase]:
     if isinstance(dataset, str):
@@ -173,7 +173,12 @@ def case_metrics(results: list[ProbeResult], chosen: list[Metric]) -> dict[str, 
     return out
 
 
-def summarize(rows: list[dict], chosen: list[Metric], run: dict[str, Any]) -> dict[str, Any]:
+SINGLE = "single: each case edited on the unedited model and scored right after"
+
+
+def summarize(
+    rows: list[dict], chosen: list[Metric], run: dict[str, Any], protocol: str = SINGLE
+) -> dict[str, Any]:
     """Means over cases of each metric before and after editing."""
     ok = [r for r in rows if "metrics" in r]
     metrics: dict[str, dict] = {}
@@ -198,7 +203,7 @@ def summarize(rows: list[dict], chosen: list[Metric], run: dict[str, Any]) -> di
     ]
     return {
         "run": run,
-        "protocol": "single: each case edited on the unedited model and scored right after",
+        "protocol": protocol,
         "cases": len(rows),
         "errors": len(rows) - len(ok),
         "metrics": metrics,
@@ -215,7 +220,7 @@ def _median(values: list[float]) -> float | None:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def _run_info(
+def run_info(
     model: Any,
     editor: EditMethod,
     dataset: Any,
@@ -240,6 +245,7 @@ def _run_info(
         "stats_corpus": env.stats_corpus,
         "seed": env.seed,
         "metrics": {m.name: {"group": m.group, "protocol": m.protocol} for m in chosen},
+        "protocol": {"name": "single"},
         "versions": {
             "kedit": kedit.__version__,
             "torch": torch.__version__,
@@ -254,10 +260,23 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
-class _ResultStore:
+def row_key(row: dict[str, Any]) -> str:
+    """A result row's identity: the case, and for sequential runs the number of edits."""
+    return f"{row['case_id']}@{row['checkpoint']}" if "checkpoint" in row else row["case_id"]
+
+
+class ResultStore:
     """``results.jsonl`` + ``run.json`` + ``summary.json`` in one folder."""
 
-    RESUME_KEYS = ("method", "config", "dataset", "model_fingerprint", "stats_corpus", "seed")
+    RESUME_KEYS = (
+        "method",
+        "config",
+        "dataset",
+        "model_fingerprint",
+        "stats_corpus",
+        "seed",
+        "protocol",
+    )
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -297,7 +316,7 @@ class _ResultStore:
         for line in complete.decode().splitlines():
             if line.strip():
                 row = json.loads(line)
-                done[row["case_id"]] = row
+                done[row_key(row)] = row
         return done
 
     def append(self, row: dict[str, Any]) -> None:

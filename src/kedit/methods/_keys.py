@@ -21,26 +21,57 @@ def subject_io(
     tok: PreTrainedTokenizerBase,
     texts: Sequence[tuple[str, tuple[int, int]]],
     module_path: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs: bool = True,
+    rows_per_pass: int = 64,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Input and output of ``module_path`` at the subject's last token of each text.
 
-    ``texts`` are (text, subject character span) pairs. Returns ``(n, d_in)`` and
-    ``(n, d_out)`` float32 tensors. One batched pass, stopped right after the module.
+    ``texts`` are (text, subject character span) pairs. Returns ``(n, d_in)`` (None when
+    ``inputs`` is False, e.g. for a whole block) and ``(n, d_out)`` float32 tensors, from
+    batched passes that stop right after the module.
     """
-    ids = [encode(tok, text).ids for text, _ in texts]
-    lookup = [token_index_of_span(tok, text, span) for text, span in texts]
-    batch = pad(ids, pad_id(tok), left=False).to(model_device(model))
-    with Trace(model, module_path, retain_input=True, retain_output=True, stop=True) as tr:
-        run_until_stopped(model, **batch.model_inputs(), use_cache=False)
-    rows = torch.arange(len(ids), device=batch.input_ids.device)
-    cols = torch.tensor([batch.column(r, i) for r, i in enumerate(lookup)], device=rows.device)
-    return tr.input[rows, cols].float(), tr.output[rows, cols].float()
+    keys, values = [], []
+    for start in range(0, len(texts), rows_per_pass):
+        chunk = texts[start : start + rows_per_pass]
+        ids = [encode(tok, text).ids for text, _ in chunk]
+        lookup = [token_index_of_span(tok, text, span) for text, span in chunk]
+        batch = pad(ids, pad_id(tok), left=False).to(model_device(model))
+        with Trace(model, module_path, retain_input=inputs, retain_output=True, stop=True) as tr:
+            run_until_stopped(model, **batch.model_inputs(), use_cache=False)
+        rows = torch.arange(len(ids), device=batch.input_ids.device)
+        cols = torch.tensor([batch.column(r, i) for r, i in enumerate(lookup)], device=rows.device)
+        if inputs:
+            keys.append(tr.input[rows, cols].float())
+        values.append(tr.output[rows, cols].float())
+    return (torch.cat(keys) if inputs else None), torch.cat(values)
 
 
-def template_texts(
-    request: EditRequest, templates: Sequence[str]
-) -> list[tuple[str, tuple[int, int]]]:
-    return [fill(t, request) for t in templates]
+def mean_keys(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    requests: Sequence[EditRequest],
+    template_groups: Sequence[Sequence[str]],
+    module_path: str,
+    per_group: bool = False,
+) -> torch.Tensor:
+    """The module input at each request's subject's last token, averaged over context
+    templates: ``(n_requests, d_in)``, from one batched computation.
+
+    ``per_group=False`` averages all templates uniformly (ROME); ``per_group=True`` averages
+    within each group, then across groups (MEMIT), so the bare prompt weighs as much as all
+    sampled prefixes of one length together.
+    """
+    flat = [t for group in template_groups for t in group]
+    texts = [fill(t, r) for r in requests for t in flat]
+    keys, _ = subject_io(model, tok, texts, module_path)
+    keys = keys.view(len(requests), len(flat), -1)  # (requests, templates, d_in)
+    if not per_group:
+        return keys.mean(1)
+    means, start = [], 0
+    for group in template_groups:
+        means.append(keys[:, start : start + len(group)].mean(1))
+        start += len(group)
+    return torch.stack(means).mean(0)
 
 
 def mean_key(
@@ -51,18 +82,5 @@ def mean_key(
     module_path: str,
     per_group: bool = False,
 ) -> torch.Tensor:
-    """The module input at the subject's last token averaged over context templates.
-
-    ``per_group=False`` averages all templates uniformly (ROME); ``per_group=True`` averages
-    within each group, then across groups (MEMIT), so the bare prompt weighs as much as all
-    sampled prefixes of one length together.
-    """
-    flat = [t for group in template_groups for t in group]
-    keys, _ = subject_io(model, tok, template_texts(request, flat), module_path)  # (n, d_in)
-    if not per_group:
-        return keys.mean(0)
-    means, start = [], 0
-    for group in template_groups:
-        means.append(keys[start : start + len(group)].mean(0))
-        start += len(group)
-    return torch.stack(means).mean(0)
+    """:func:`mean_keys` for one request: ``(d_in,)``."""
+    return mean_keys(model, tok, [request], template_groups, module_path, per_group)[0]

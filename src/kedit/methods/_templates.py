@@ -79,3 +79,8 @@ def fill(template: str, request: EditRequest) -> tuple[str, tuple[int, int]]:
     text = template.replace(SUBJECT_SLOT, request.text, 1)
     start, end = request.subject_span
     return text, (offset + start, offset + end)
+
+
+def flatten(groups: Sequence[Sequence[str]]) -> list[str]:
+    """All templates of all groups, in order."""
+    return [t for group in groups for t in group]

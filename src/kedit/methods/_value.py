@@ -19,13 +19,15 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from kedit.config import MethodConfig
 from kedit.methods._templates import fill
 from kedit.model.arch import get_module, weight_out_in
 from kedit.model.hooks import Trace, frozen
@@ -39,24 +41,80 @@ KL_PROMPT = "{} is a"
 EARLY_STOP_LOSS = 5e-2
 
 
+@dataclass(kw_only=True)
+class ValueConfig(MethodConfig):
+    """Fields of the target-value search and its context templates (defaults: ROME's).
+
+    Args:
+        v_num_grad_steps: maximum Adam steps for v*.
+        v_lr: learning rate for v*.
+        v_weight_decay: weight of ||delta|| / ||v||^2 in the v* loss.
+        clamp_norm_factor: v* delta is kept within this multiple of ||v||.
+        kl_factor: weight of the KL term that keeps "{subject} is a" predictions.
+        context_template_length_params: [n_tokens, count] of sampled context prefixes.
+    """
+
+    v_num_grad_steps: int = 20
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    context_template_length_params: list[list[int]] = field(
+        default_factory=lambda: [[5, 10], [10, 10]]
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.v_num_grad_steps < 1:
+            raise ValueError("v_num_grad_steps must be at least 1")
+        if self.v_lr <= 0 or self.clamp_norm_factor <= 0:
+            raise ValueError("v_lr and clamp_norm_factor must be positive")
+        if any(len(p) != 2 or min(p) < 1 for p in self.context_template_length_params):
+            raise ValueError("context_template_length_params holds [n_tokens, count] pairs >= 1")
+
+    def search(self) -> ValueSearch:
+        return ValueSearch(
+            self.v_num_grad_steps,
+            self.v_lr,
+            self.v_weight_decay,
+            self.clamp_norm_factor,
+            self.kl_factor,
+        )
+
+
 @dataclass(frozen=True)
 class ValueSearch:
-    """Hyperparameters of the v* optimisation (the fields of the same names in ROME/MEMIT)."""
+    """Hyperparameters of the v* optimisation (the fields of the same names in ROME/MEMIT).
+
+    ``nll_factor`` and ``relax_when_top1`` are PMET's: once the target is the top-1 prediction
+    on every rewriting prompt, the NLL weight drops to a tenth and the search stops as soon as
+    the KL term is below 0.01.
+    """
 
     steps: int
     lr: float
     weight_decay: float
     clamp_norm_factor: float
     kl_factor: float
+    nll_factor: float = 1.0
+    relax_when_top1: bool = False
 
 
 @dataclass
 class ValueResult:
-    target: torch.Tensor  # v* = v_start + delta, (d_out,)
-    start: torch.Tensor  # the module's output before optimisation, (d_out,)
+    targets: list[torch.Tensor]  # v* = v_start + delta, one (d_out,) per module
+    starts: list[torch.Tensor]  # each module's output before optimisation, (d_out,)
     steps: int
     loss: float
     nll: float
+
+    @property
+    def target(self) -> torch.Tensor:
+        return self.targets[0]
+
+    @property
+    def start(self) -> torch.Tensor:
+        return self.starts[0]
 
 
 def optimise_value(
@@ -64,10 +122,12 @@ def optimise_value(
     tok: PreTrainedTokenizerBase,
     request: EditRequest,
     templates: Sequence[str],
-    module_path: str,
+    module_paths: str | Sequence[str],
     search: ValueSearch,
 ) -> ValueResult:
-    """Find v* for ``request`` at the output of ``module_path`` (see module docstring)."""
+    """Find v* for ``request`` at the output of each of ``module_paths`` (one delta each; see
+    the module docstring)."""
+    paths = [module_paths] if isinstance(module_paths, str) else list(module_paths)
     prompts = _rewriting_prompts(tok, request, templates)
     kl_text, kl_span = fill(KL_PROMPT, request)
     n_target = len(prompts.target_ids)
@@ -80,25 +140,32 @@ def optimise_value(
     device = passes.device
     target = torch.tensor(prompts.target_ids, device=device)
     rewrite_end = len(prompts.ids[0]) - prompts.lookup[0]  # every rewriting suffix is this long
+    columns = [0, *range(rewrite_end - n_target, rewrite_end)]
 
-    delta = torch.zeros(_width(model, module_path), device=device, requires_grad=True)
-    optimiser = torch.optim.Adam([delta], lr=search.lr)
-    start: dict[str, torch.Tensor] = {}
+    deltas = [torch.zeros(_width(model, p), device=device, requires_grad=True) for p in paths]
+    optimiser = torch.optim.Adam(deltas, lr=search.lr)
+    starts: list[torch.Tensor | None] = [None] * len(paths)
 
-    def add_delta(out: torch.Tensor) -> torch.Tensor:  # out: (batch, suffix, d_out)
-        if "v" not in start:
-            start["v"] = out[0, 0].detach().float().clone()
-        out = out.clone()
-        out[:, 0] = out[:, 0] + delta.to(out.dtype)  # column 0 is the subject's last token
-        return out
+    def adder(k: int):
+        def add_delta(out: torch.Tensor) -> torch.Tensor:  # out: (batch, suffix, d_out)
+            if starts[k] is None:
+                starts[k] = out[0, 0].detach().float().clone()
+            out = out.clone()
+            out[:, 0] = out[:, 0] + deltas[k].to(out.dtype)  # column 0: the subject's last token
+            return out
+
+        return add_delta
 
     kl_start = None
-    with frozen(model), Trace(model, module_path, edit_output=add_delta):
+    nll_factor = search.nll_factor
+    traces = [Trace(model, p, edit_output=adder(k)) for k, p in enumerate(paths)]
+    with frozen(model), ExitStack() as stack:
+        for trace in traces:
+            stack.enter_context(trace)
         for step in range(search.steps):
-            # column 0 (the subject's last token) for the KL row; the rewriting rows end
-            # with target[:-1], so their last n_target columns predict the target
-            logits = passes.logits([0, *range(rewrite_end - n_target, rewrite_end)])
-            logprobs = torch.log_softmax(logits.float(), -1)  # (batch, 1 + n, vocab)
+            # column 0 (the subject's last token) for the KL row; the rewriting rows end with
+            # target[:-1], so their last n_target columns predict the target
+            logprobs = torch.log_softmax(passes.logits(columns).float(), -1)  # (batch, 1+n, V)
             tgt = logprobs[:-1, 1:]  # (prompts, n, vocab)
             nll = -tgt.gather(2, target.expand(tgt.shape[0], -1)[..., None])[..., 0]
             nll = nll.sum(1).mean() / n_target
@@ -106,26 +173,40 @@ def optimise_value(
             if kl_start is None:
                 kl_start = kl_now.detach()
             kl = search.kl_factor * F.kl_div(kl_start, kl_now, log_target=True, reduction="sum")
-            decay = search.weight_decay * delta.norm() / start["v"].norm() ** 2
-            loss = nll + kl + decay
-            log.debug(
-                "step %d: nll %.4f kl %.4f decay %.4f",
-                step,
-                nll.item(),
-                kl.item(),
-                decay.item(),
+            decay = sum(
+                search.weight_decay * d.norm() / s.norm() ** 2 for d, s in zip(deltas, starts)
             )
+            loss = nll_factor * nll + kl + decay
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "step %d: nll %.4f kl %.4f decay %.4f",
+                    step,
+                    nll.item(),
+                    kl.item(),
+                    float(decay.detach()),
+                )
+            if search.relax_when_top1 and bool((tgt.argmax(-1) == target).all()):
+                nll_factor = 0.1 * search.nll_factor
+                if kl.item() < 0.01:
+                    break
             if loss.item() < EARLY_STOP_LOSS or step == search.steps - 1:
                 break
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             with torch.no_grad():
-                radius = search.clamp_norm_factor * start["v"].norm()
-                if delta.norm() > radius:
-                    delta.mul_(radius / delta.norm())
+                for d, s in zip(deltas, starts):
+                    radius = search.clamp_norm_factor * s.norm()
+                    if d.norm() > radius:
+                        d.mul_(radius / d.norm())
     log.debug("v* after %d steps: loss %.3f (nll %.3f)", step, loss.item(), nll.item())
-    return ValueResult(start["v"] + delta.detach(), start["v"], step, loss.item(), nll.item())
+    return ValueResult(
+        [s + d.detach() for s, d in zip(starts, deltas)],
+        list(starts),
+        step,
+        loss.item(),
+        nll.item(),
+    )
 
 
 class PrefixCachedPass:

@@ -144,6 +144,7 @@ class Edit:
         method: str,
         config: MethodConfig,
         requests: Sequence[EditRequest],
+        state: dict[Any, Any] | None = None,
     ) -> None:
         self._base = model
         self.tokenizer = tokenizer
@@ -152,6 +153,10 @@ class Edit:
         self.requests = list(requests)
         self.changes: list[Change] = []
         self.info: dict[str, Any] = {}
+        #: method state that outlives one edit (e.g. AlphaEdit's cache of edited keys): the
+        #: session's when the edit belongs to one, else private to this edit. Record a change
+        #: to an object in it with :meth:`save_state` first, so undo restores it.
+        self.state: dict[Any, Any] = state if state is not None else {}
         self._wrapper: Any = None
         self._active = True
         self._session: Any = None
@@ -297,8 +302,10 @@ class EditMethod(ABC):
         model: Any,
         tok: PreTrainedTokenizerBase,
         requests: EditRequest | Sequence[EditRequest],
+        state: dict[Any, Any] | None = None,
     ) -> Edit:
-        """Apply the method; on any error the model is left exactly as it was."""
+        """Apply the method; on any error the model is left exactly as it was. ``state`` is the
+        method state shared by a session's edits (see :attr:`Edit.state`)."""
         requests = [requests] if isinstance(requests, EditRequest) else list(requests)
         if not requests:
             raise ValueError("no edit request given")
@@ -307,7 +314,7 @@ class EditMethod(ABC):
             raise TypeError(f"requests must be kedit.EditRequest objects, got {type(bad[0])}")
         if len(requests) > 1 and not self.supports_batch:
             raise ValueError(batch_error(self.name))
-        edit = Edit(model, tok, self.name, self.config, requests)
+        edit = Edit(model, tok, self.name, self.config, requests, state)
         hooks_before = hook_count(hf_module(model))
         start = time.perf_counter()
         try:

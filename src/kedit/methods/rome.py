@@ -22,17 +22,16 @@ for fidelity (r-ROME fixes it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from kedit.config import MethodConfig
 from kedit.methods._keys import mean_key, subject_io
-from kedit.methods._stats import second_moments
-from kedit.methods._templates import context_templates
-from kedit.methods._value import ValueSearch, optimise_value
+from kedit.methods._stats import StatsConfig, stats_for
+from kedit.methods._templates import context_templates, flatten
+from kedit.methods._value import ValueConfig, optimise_value
 from kedit.methods._weights import low_rank_delta
 from kedit.methods.base import Edit, EditMethod, hf_module
 from kedit.model.arch import get_module, layer_path
@@ -40,45 +39,18 @@ from kedit.types import EditRequest
 
 
 @dataclass(kw_only=True)
-class ROMEConfig(MethodConfig):
-    """ROME hyperparameters (defaults: the paper's GPT-2 XL configuration).
+class ROMEConfig(ValueConfig, StatsConfig):
+    """ROME hyperparameters (defaults: the paper's GPT-2 XL configuration); the v* and
+    statistics fields are documented on :class:`ValueConfig` and :class:`StatsConfig`.
 
     Args:
         layer: block whose MLP output projection is rewritten (negative counts from the end).
-        v_num_grad_steps: maximum Adam steps for v*.
-        v_lr: learning rate for v*.
-        v_weight_decay: weight of ||delta|| / ||v||^2 in the v* loss.
-        clamp_norm_factor: v* delta is kept within this multiple of ||v||.
-        kl_factor: weight of the KL term that keeps "{subject} is a" predictions.
         mom2_adjustment: weigh the update by the inverse key second moment C^-1 (the paper);
             False uses C = I.
-        mom2_n_samples: corpus documents for C (the paper's 100,000; all if fewer).
-        mom2_dtype: precision in which C is accumulated.
-        context_template_length_params: [n_tokens, count] of sampled context prefixes.
     """
 
     layer: int = 17
-    v_num_grad_steps: int = 20
-    v_lr: float = 0.5
-    v_weight_decay: float = 0.5
-    clamp_norm_factor: float = 4.0
-    kl_factor: float = 0.0625
     mom2_adjustment: bool = True
-    mom2_n_samples: int = 100_000
-    mom2_dtype: str = "float32"
-    context_template_length_params: list[list[int]] = field(
-        default_factory=lambda: [[5, 10], [10, 10]]
-    )
-
-    def validate(self) -> None:
-        if self.v_num_grad_steps < 1:
-            raise ValueError("v_num_grad_steps must be at least 1")
-        if self.v_lr <= 0 or self.clamp_norm_factor <= 0:
-            raise ValueError("v_lr and clamp_norm_factor must be positive")
-        if self.mom2_n_samples < 1:
-            raise ValueError("mom2_n_samples must be at least 1")
-        if any(len(p) != 2 or min(p) < 1 for p in self.context_template_length_params):
-            raise ValueError("context_template_length_params holds [n_tokens, count] pairs >= 1")
 
 
 class ROME(EditMethod):
@@ -104,9 +76,9 @@ class ROME(EditMethod):
 
         k_star = mean_key(model, tok, request, templates, path)  # (d_in,)
         u = self._inverse_cov_times(model, tok, path, k_star)  # (d_in,)
-        value = optimise_value(model, tok, request, _flat(templates), path, self._search())
-        k, v = subject_io(model, tok, [(request.text, request.subject_span)], path)
-        right = (value.target - v[0]) / (k[0] @ u)  # (d_out,)
+        value = optimise_value(model, tok, request, flatten(templates), path, cfg.search())
+        k, v = self._prompt_key_value(model, tok, request, templates, path)
+        right = (value.target - v) / (k @ u)  # (d_out,)
 
         edit.add_delta(module.weight, low_rank_delta(module, right, u))
         edit.info.update(
@@ -116,25 +88,26 @@ class ROME(EditMethod):
             delta_norm=float(right.norm() * u.norm()),
         )
 
+    def _prompt_key_value(
+        self,
+        model: nn.Module,
+        tok: PreTrainedTokenizerBase,
+        request: EditRequest,
+        templates: list[list[str]],
+        path: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and the module output (``W k + b``) of the bare prompt, as the reference
+        computes the update's size (r-ROME changes this)."""
+        keys, outputs = subject_io(model, tok, [(request.text, request.subject_span)], path)
+        return keys[0], outputs[0]
+
     def _inverse_cov_times(
         self, model: nn.Module, tok: PreTrainedTokenizerBase, path: str, key: torch.Tensor
     ) -> torch.Tensor:
         """``C^{-1} k / ||C^{-1} k||`` (or ``k / ||k||`` without mom2 adjustment)."""
         if self.config.mom2_adjustment:
-            mom2 = second_moments(
-                model, tok, [path], self.env, self.config.mom2_n_samples, self.config.mom2_dtype
-            )[path]
+            mom2 = stats_for(model, tok, [path], self.env, self.config)[path]
             u = torch.linalg.solve(mom2.double(), key.double().cpu()).to(key)
         else:
             u = key
         return u / u.norm()
-
-    def _search(self) -> ValueSearch:
-        cfg = self.config
-        return ValueSearch(
-            cfg.v_num_grad_steps, cfg.v_lr, cfg.v_weight_decay, cfg.clamp_norm_factor, cfg.kl_factor
-        )
-
-
-def _flat(groups: list[list[str]]) -> list[str]:
-    return [t for group in groups for t in group]

@@ -48,6 +48,8 @@ class EditSession:
         self.env = env if env is not None else Environment()
         self.edits: list[Edit] = []
         self._originals: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
+        #: method state shared by this session's edits (see ``Edit.state``)
+        self.state: dict[Any, Any] = {}
         self.env.fingerprint(hf_module(model))  # of the unedited model, for every cache key
 
     @property
@@ -76,7 +78,7 @@ class EditSession:
         )
         if isinstance(method, EditMethod) and overrides:
             raise ValueError("pass overrides when naming the method, not with a method object")
-        edit = editor.edit(self.model, self.tokenizer, requests)
+        edit = editor.edit(self.model, self.tokenizer, requests, self.state)
         self._adopt(edit)
         return edit
 

@@ -1,0 +1,52 @@
+"""r-ROME: ROME with its key mismatch fixed.
+
+Gupta, Baskaran, Anumanchipalli. "Rebuilding ROME: Resolving Model Collapse during Sequential
+Model Editing", 2024. https://arxiv.org/abs/2403.07175
+
+ROME's code derives the update direction from the key averaged over context templates, k*, but
+computes the update size from the key and output of the bare prompt. That mismatch produces
+"disabling edits" (a single huge update that breaks the model) and collapse under sequential
+editing. r-ROME uses the averaged key consistently:
+
+    right = (v* - mean_j (W k_j + b)) / (k* . u),   k* = mean_j k_j
+
+so the update writes exactly ``W' k* = v*``. Everything else is ROME.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from kedit.methods._keys import subject_io
+from kedit.methods._templates import fill, flatten
+from kedit.methods.rome import ROME, ROMEConfig
+from kedit.types import EditRequest
+
+
+@dataclass(kw_only=True)
+class RROMEConfig(ROMEConfig):
+    """r-ROME hyperparameters: ROME's (its presets apply too)."""
+
+
+class RROME(ROME):
+    """ROME with the averaged key on both sides of the update."""
+
+    name = "r-rome"
+    config_cls = RROMEConfig
+
+    def _prompt_key_value(
+        self,
+        model: nn.Module,
+        tok: PreTrainedTokenizerBase,
+        request: EditRequest,
+        templates: list[list[str]],
+        path: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and the module output averaged over the context templates."""
+        texts = [fill(t, request) for t in flatten(templates)]
+        keys, outputs = subject_io(model, tok, texts, path)
+        return keys.mean(0), outputs.mean(0)

@@ -1,0 +1,156 @@
+"""Invariants of the locate-and-edit family: MEMIT, EMMET, AlphaEdit, PMET, r-ROME."""
+
+import pytest
+import torch
+
+from kedit.methods import EditSession, get_method
+from kedit.methods._keys import mean_keys, subject_io
+from kedit.methods._stats import stats_for
+from kedit.methods._templates import context_templates, fill, flatten
+from kedit.methods._value import optimise_value
+from kedit.model.arch import weight_out_in
+from kedit.types import EditRequest
+from tests.conftest import tiny_model
+from tests.tiny_configs import TINY
+
+REQUESTS = [
+    EditRequest("Tourists visit {}", "the Eiffel Tower", "Rome", "Paris"),
+    EditRequest("The capital of {}", "Germany", "Madrid", "Berlin"),
+    EditRequest("People in {}", "Brazil", "Italian", "Portuguese"),
+]
+MLP = {"gpt2": "transformer.h.{}.mlp.c_proj", "llama": "model.layers.{}.mlp.down_proj"}
+BLOCK = {"gpt2": "transformer.h.{}", "llama": "model.layers.{}"}
+
+
+def deltas(model, paths, before):
+    return [weight_out_in(model.get_submodule(p)).detach() - before[p] for p in paths]
+
+
+def weights(model, paths):
+    return {p: weight_out_in(model.get_submodule(p)).detach().clone() for p in paths}
+
+
+def setup(name, arch, env, **overrides):
+    model = tiny_model(arch)
+    method = get_method(name).for_model(model, {**TINY[name], **overrides}, env)
+    return model, method
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_memit_one_request_is_rank_one_per_layer_along_c_inverse_k(arch, tokenizer, env):
+    model, method = setup("memit", arch, env, layers=[0])
+    path = MLP[arch].format(0)
+    before = weights(model, [path])
+    templates = context_templates(
+        model, tokenizer, env, method.config.context_template_length_params
+    )
+    key = mean_keys(model, tokenizer, REQUESTS[:1], templates, path, per_group=True)[0]
+    edit = method.edit(model, tokenizer, REQUESTS[0])
+    (delta,) = deltas(model, [path], before)
+    singular = torch.linalg.svdvals(delta)
+    assert singular[1] < 1e-5 * singular[0]
+    mom2 = stats_for(model, tokenizer, [path], env, method.config)[path]
+    u = torch.linalg.solve(mom2.double(), key.double().cpu()).float().to(delta.device)
+    row = delta[delta.norm(dim=1).argmax()]
+    assert abs(torch.nn.functional.cosine_similarity(row, u, dim=0).item()) > 0.999
+    edit.restore()
+
+
+@pytest.mark.parametrize("name", ["memit", "emmet", "alphaedit", "pmet"])
+def test_batch_update_rank_is_at_most_the_batch(name, tokenizer, env):
+    model, method = setup(name, "llama", env)
+    paths = [MLP["llama"].format(i) for i in (0, 1)]
+    before = weights(model, paths)
+    edit = method.edit(model, tokenizer, REQUESTS[:2])
+    for delta in deltas(model, paths, before):
+        singular = torch.linalg.svdvals(delta)
+        assert singular[0] > 0 and singular[2] < 1e-5 * singular[0]
+    edit.restore()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_emmet_writes_the_batch_exactly(arch, tokenizer, env):
+    """Equality constraint: on the one edited layer, dW K = R for the batch's keys."""
+    model, method = setup("emmet", arch, env, layers=[1])
+    path, block = MLP[arch].format(1), BLOCK[arch].format(1)
+    before = weights(model, [path])
+    templates = context_templates(
+        model, tokenizer, env, method.config.context_template_length_params
+    )
+    keys = mean_keys(model, tokenizer, REQUESTS, templates, path, per_group=True).T
+    _, current = subject_io(
+        model, tokenizer, [(r.text, r.subject_span) for r in REQUESTS], block, inputs=False
+    )
+    targets = torch.stack(
+        [
+            optimise_value(
+                model, tokenizer, r, flatten(templates), block, method.config.search()
+            ).target
+            for r in REQUESTS
+        ]
+    )
+    edit = method.edit(model, tokenizer, REQUESTS)
+    (delta,) = deltas(model, [path], before)
+    assert torch.allclose(delta @ keys, (targets - current).T, atol=1e-3, rtol=1e-3)
+    edit.restore()
+
+
+def test_alphaedit_leaves_preserved_keys_alone(tokenizer, env):
+    model = tiny_model("llama")
+    path = MLP["llama"].format(0)
+    probe = get_method("alphaedit").for_model(model, TINY["alphaedit"], env)
+    mom2 = stats_for(model, tokenizer, [path], env, probe.config)[path].double()
+    eigenvalues, eigenvectors = torch.linalg.eigh(mom2)
+    threshold = float(eigenvalues.quantile(0.5))  # protect the top half of the key variance
+    method = get_method("alphaedit").for_model(
+        model, {**TINY["alphaedit"], "layers": [0], "nullspace_threshold": threshold}, env
+    )
+    before = weights(model, [path])
+    edit = method.edit(model, tokenizer, REQUESTS[:2])
+    (delta,) = deltas(model, [path], before)
+    protected = eigenvectors[:, eigenvalues >= threshold].float().to(delta.device)
+    assert (delta @ protected).norm() < 1e-5 * delta.norm() * protected.norm()
+    assert delta.norm() > 0
+    edit.restore()
+
+
+def test_alphaedit_keeps_earlier_keys_in_the_session(tokenizer, env):
+    model = tiny_model("llama")
+    session = EditSession(model, tokenizer, env)
+    session.apply(REQUESTS[0], "alphaedit", **TINY["alphaedit"])
+    caches = {k: v for k, v in session.state.items() if k[0] == "alphaedit"}
+    assert len(caches) == 2 and all(len(c.factors) == 1 for c in caches.values())
+    session.apply(REQUESTS[1:], "alphaedit", **TINY["alphaedit"])
+    assert all(len(c.factors) == 2 for c in caches.values())
+    assert all(c.factors[1].shape[1] == 2 for c in caches.values())
+    session.rollback(1)
+    assert all(len(c.factors) == 1 for c in caches.values())
+    session.restore()
+    assert all(len(c.factors) == 0 for c in caches.values())
+
+
+def test_pmet_updates_only_the_ffn(tokenizer, env):
+    model, method = setup("pmet", "llama", env)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    edit = method.edit(model, tokenizer, REQUESTS[0])
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (0, 1)}
+    edit.restore()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_r_rome_writes_v_star_for_the_averaged_key(arch, tokenizer, env):
+    model, method = setup("r-rome", arch, env)
+    path = MLP[arch].format(0)
+    templates = context_templates(
+        model, tokenizer, env, method.config.context_template_length_params
+    )
+    target = optimise_value(
+        model, tokenizer, REQUESTS[0], flatten(templates), path, method.config.search()
+    ).target
+    edit = method.edit(model, tokenizer, REQUESTS[0])
+    _, outputs = subject_io(
+        model, tokenizer, [fill(t, REQUESTS[0]) for t in flatten(templates)], path
+    )
+    assert torch.allclose(outputs.mean(0), target, atol=1e-3 * target.norm().item())
+    edit.restore()

@@ -1,0 +1,99 @@
+"""Sequential evaluation: accumulated edits, checkpoints, both scoring protocols, resume."""
+
+import json
+
+import pytest
+
+from kedit.api import evaluate
+from kedit.data import load_dataset
+from tests.conftest import assert_same_state, snapshot, tiny_model
+from tests.tiny_configs import TINY
+
+
+def cases(n):
+    return load_dataset("demo", limit=n)
+
+
+def run(model, tokenizer, env, method="ft-m", **kwargs):
+    return evaluate(
+        model,
+        tokenizer,
+        cases(4),
+        method,
+        overrides=TINY[method],
+        env=env,
+        progress=False,
+        metrics=["efficacy_score", "neighborhood_score"],
+        **kwargs,
+    )
+
+
+def test_final_scoring_at_checkpoints(tokenizer, env):
+    model = tiny_model("llama")
+    before = snapshot(model)
+    report = run(model, tokenizer, env, n_edits=3, checkpoints=[1, 2])
+    assert_same_state(model, before)
+    keys = sorted((r["checkpoint"], r["case_id"]) for r in report.rows)
+    assert keys == [
+        (1, "demo-001"),
+        (2, "demo-001"),
+        (2, "demo-002"),
+        (3, "demo-001"),
+        (3, "demo-002"),
+        (3, "demo-003"),
+    ]
+    summary = report.summary
+    assert summary["protocol"].startswith("sequential-final")
+    assert summary["protocol"].endswith("at checkpoints 1, 2, 3")
+    assert summary["run"]["protocol"]["checkpoints"] == [1, 2, 3]
+    assert sorted(summary["checkpoints"]) == ["1", "2", "3"]
+    assert summary["checkpoints"]["2"]["efficacy_score"]["n"] == 2
+    assert summary["metrics"]["efficacy_score"]["n"] == 3
+    assert summary["session_restore_bytes"] > 0
+
+
+def test_immediate_scoring_scores_each_case_after_its_own_edit(tokenizer, env):
+    model = tiny_model("llama")
+    report = run(model, tokenizer, env, n_edits=3, scoring="immediate")
+    assert [(r["checkpoint"], r["case_id"]) for r in report.rows] == [
+        (1, "demo-001"),
+        (2, "demo-002"),
+        (3, "demo-003"),
+    ]
+    assert report.summary["protocol"].startswith("sequential-immediate")
+
+
+def test_batches_need_a_batch_method(tokenizer, env):
+    model = tiny_model("llama")
+    report = run(model, tokenizer, env, method="memit", n_edits=4, batch_size=2, checkpoints=[2])
+    assert {r["batch_size"] for r in report.rows} == {2}
+    assert sorted(report.summary["checkpoints"]) == ["2", "4"]
+    with pytest.raises(ValueError, match="one request at a time"):
+        run(model, tokenizer, env, method="rome", n_edits=2, batch_size=2)
+
+
+def test_resume_replays_edits_and_scores_only_what_is_missing(tokenizer, env, tmp_path):
+    model = tiny_model("llama")
+    full = run(model, tokenizer, env, n_edits=3, checkpoints=[1, 2], out_dir=tmp_path / "a")
+    out = tmp_path / "b"
+    run(model, tokenizer, env, n_edits=3, checkpoints=[1, 2], out_dir=out)
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # killed
+    resumed = run(model, tokenizer, env, n_edits=3, checkpoints=[1, 2], out_dir=out, resume=True)
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 == len({(r["case_id"], r["checkpoint"]) for r in rows})
+
+    def metrics(report):
+        return {(r["case_id"], r["checkpoint"]): r["metrics"] for r in report.rows}
+
+    assert metrics(resumed) == metrics(full)
+    with pytest.raises(ValueError, match="protocol"):
+        run(model, tokenizer, env, n_edits=3, out_dir=out, resume=True)
+
+
+def test_bad_sequential_arguments(tokenizer, env):
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="dataset has 4"):
+        run(model, tokenizer, env, n_edits=5)
+    with pytest.raises(ValueError, match="final"):
+        run(model, tokenizer, env, n_edits=2, scoring="later")
