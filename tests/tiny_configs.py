@@ -4,60 +4,45 @@ Adding a method: add its entry here; the contract tests then run it on every tin
 architecture (a guard test fails when a registered method has no entry).
 """
 
+#: a quick v* search and a small key-statistics sample, for every method built on them
+QUICK_VALUE = {
+    "v_num_grad_steps": 12,
+    "mom2_n_samples": 300,
+    "context_template_length_params": [[3, 2]],
+    "v_weight_decay": 0.0,
+    "clamp_norm_factor": 1e4,
+}
+
 TINY = {
     "rome": {
         "layer": 0,
-        "v_num_grad_steps": 12,
-        "mom2_n_samples": 300,
-        "context_template_length_params": [[3, 2]],
-        "v_weight_decay": 0.0,
-        "clamp_norm_factor": 1e4,
+        **QUICK_VALUE,
     },
     "r-rome": {
         "layer": 0,
-        "v_num_grad_steps": 12,
-        "mom2_n_samples": 300,
-        "context_template_length_params": [[3, 2]],
-        "v_weight_decay": 0.0,
-        "clamp_norm_factor": 1e4,
+        **QUICK_VALUE,
     },
     # lambda and the null-space threshold are scaled to the tiny models' small keys
     "memit": {
         "layers": [0, 1],
-        "v_num_grad_steps": 12,
-        "mom2_n_samples": 300,
-        "context_template_length_params": [[3, 2]],
-        "v_weight_decay": 0.0,
-        "clamp_norm_factor": 1e4,
+        **QUICK_VALUE,
         "mom2_update_weight": 1.0,
     },
     "emmet": {
         "layers": [0, 1],
-        "v_num_grad_steps": 12,
-        "mom2_n_samples": 300,
-        "context_template_length_params": [[3, 2]],
-        "v_weight_decay": 0.0,
-        "clamp_norm_factor": 1e4,
+        **QUICK_VALUE,
         "mom2_update_weight": 1.0,
         "emmet_lambda": 0.0,
     },
     "alphaedit": {
         "layers": [0, 1],
-        "v_num_grad_steps": 12,
-        "mom2_n_samples": 300,
-        "context_template_length_params": [[3, 2]],
-        "v_weight_decay": 0.0,
-        "clamp_norm_factor": 1e4,
+        **QUICK_VALUE,
         "nullspace_threshold": 1e-5,
         "l2_weight": 1e-4,
     },
     "pmet": {
         "layers": [0, 1],
-        "v_num_grad_steps": 12,
-        "mom2_n_samples": 300,
-        "context_template_length_params": [[3, 2]],
-        "v_weight_decay": 0.0,
-        "clamp_norm_factor": 1e4,
+        **QUICK_VALUE,
         "mom2_update_weight": 1.0,
         "kl_factor": 0.0625,
     },

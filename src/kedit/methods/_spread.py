@@ -14,17 +14,19 @@ layers, and the least-squares problem each layer solves.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.methods._keys import mean_keys, subject_io
-from kedit.methods._templates import flatten
-from kedit.methods._value import ValueResult, ValueSearch, optimise_value
+from kedit.methods._stats import StatsConfig, stats_for
+from kedit.methods._templates import context_templates, flatten
+from kedit.methods._value import ValueConfig, ValueResult, ValueSearch, optimise_value
 from kedit.methods._weights import low_rank_delta
-from kedit.methods.base import Edit
-from kedit.model.arch import arch_of, get_module
+from kedit.methods.base import Edit, EditMethod, hf_module
+from kedit.model.arch import arch_of, get_module, layer_path
 from kedit.types import EditRequest
 
 #: (layer index among the edited ones, module path, K (d_in, n), R (d_out, n)) ->
@@ -89,3 +91,103 @@ def memit_solve(mom2: torch.Tensor, keys: torch.Tensor, weight: float) -> torch.
     keys = keys.to(torch.float64)
     system = weight * mom2.to(keys.device, torch.float64) + keys @ keys.T  # (d_in, d_in)
     return torch.linalg.solve(system, keys)
+
+
+@dataclass(kw_only=True)
+class SpreadConfig(ValueConfig, StatsConfig):
+    """Fields shared by the spreading methods (v* and statistics fields come from
+    :class:`ValueConfig` and :class:`StatsConfig`; defaults: MEMIT's GPT-2 XL values).
+
+    Args:
+        layers: blocks whose MLP output projections are updated (negative counts from the end).
+    """
+
+    layers: list[int] = field(default_factory=lambda: [13, 14, 15, 16, 17])
+    clamp_norm_factor: float = 0.75
+    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.layers:
+            raise ValueError("layers must name at least one layer")
+
+
+class SpreadMethod(EditMethod):
+    """The MEMIT scheme above as one ``apply``; a method supplies :meth:`solve` and may change
+    where its targets live (:meth:`target_paths`) and how the residual is shared
+    (:meth:`share`)."""
+
+    config_cls = SpreadConfig
+    supports_batch = True
+
+    def apply(
+        self,
+        model: nn.Module,
+        tok: PreTrainedTokenizerBase,
+        requests: list[EditRequest],
+        edit: Edit,
+    ) -> None:
+        model = hf_module(model)
+        cfg = self.config
+        paths = edited_layers(model, cfg.layers)
+        templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
+        target_path, search_paths = self.target_paths(model)
+        values = optimise_targets(model, tok, requests, templates, search_paths, cfg.search())
+        stats = stats_for(model, tok, paths, self.env, cfg)
+
+        def solve(i: int, path: str, keys: torch.Tensor, residual: torch.Tensor):
+            return self.solve(model, path, keys, residual, stats[path], edit)
+
+        targets = torch.stack([v.target for v in values])  # (n, d_model)
+        spread(
+            model,
+            tok,
+            requests,
+            edit,
+            paths,
+            templates,
+            target_path,
+            targets,
+            self.share,
+            solve,
+        )
+        self.after_update(model, tok, requests, templates, paths, edit)
+        edit.info.update(
+            layers=len(paths),
+            v_steps=max(v.steps for v in values),
+            v_loss=max(v.loss for v in values),
+        )
+
+    def target_paths(self, model: nn.Module) -> tuple[str, str | list[str]]:
+        """(the module whose output the targets are for, the module(s) v* is searched at):
+        MEMIT's whole block at the last edited layer."""
+        path = layer_path(model, "block", last_layer(model, self.config.layers))
+        return path, path
+
+    def share(self, layers_left: int) -> float:
+        """The part of the residual the current layer takes: MEMIT's ``1 / layers left``."""
+        return 1.0 / layers_left
+
+    def solve(
+        self,
+        model: nn.Module,
+        path: str,
+        keys: torch.Tensor,
+        residual: torch.Tensor,
+        mom2: torch.Tensor,
+        edit: Edit,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(out_factor, in_factor)`` of one layer's update from its keys ``(d_in, n)``, the
+        residual ``(d_out, n)`` (float64) and the key statistics ``C``."""
+        raise NotImplementedError
+
+    def after_update(
+        self,
+        model: nn.Module,
+        tok: PreTrainedTokenizerBase,
+        requests: list[EditRequest],
+        templates: list[list[str]],
+        paths: list[str],
+        edit: Edit,
+    ) -> None:
+        """Called once every layer is updated (AlphaEdit records the new keys)."""

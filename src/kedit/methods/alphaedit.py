@@ -19,44 +19,34 @@ Designed for sequential editing.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.methods._keys import mean_keys
-from kedit.methods._spread import edited_layers, last_layer, optimise_targets, spread
-from kedit.methods._stats import StatsConfig, stats_for
-from kedit.methods._templates import context_templates
-from kedit.methods._value import ValueConfig
-from kedit.methods.base import Edit, EditMethod, hf_module
-from kedit.model.arch import layer_path
+from kedit.methods._spread import SpreadConfig, SpreadMethod
+from kedit.methods.base import Edit
 from kedit.types import EditRequest
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
-class AlphaEditConfig(ValueConfig, StatsConfig):
+class AlphaEditConfig(SpreadConfig):
     """AlphaEdit hyperparameters (defaults: the paper's GPT-2 XL configuration).
 
     Args:
-        layers: blocks whose MLP output projections are updated.
         nullspace_threshold: eigenvalues of C below this span the protected null space.
         l2_weight: alpha, the ridge on the update.
     """
 
-    layers: list[int] = field(default_factory=lambda: [13, 14, 15, 16, 17])
     nullspace_threshold: float = 2e-2
     l2_weight: float = 10.0
-    clamp_norm_factor: float = 0.75
-    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
 
     def validate(self) -> None:
         super().validate()
-        if not self.layers:
-            raise ValueError("layers must name at least one layer")
         if self.nullspace_threshold <= 0 or self.l2_weight <= 0:
             raise ValueError("nullspace_threshold and l2_weight must be positive")
 
@@ -84,51 +74,28 @@ class EditedKeys:
         del self.factors[state:]
 
 
-class AlphaEdit(EditMethod):
+class AlphaEdit(SpreadMethod):
     """MEMIT-style update projected onto the null space of preserved keys."""
 
     name = "alphaedit"
     config_cls = AlphaEditConfig
-    supports_batch = True
 
-    def apply(
+    def solve(
         self,
         model: nn.Module,
-        tok: PreTrainedTokenizerBase,
-        requests: list[EditRequest],
+        path: str,
+        keys: torch.Tensor,
+        residual: torch.Tensor,
+        mom2: torch.Tensor,
         edit: Edit,
-    ) -> None:
-        model = hf_module(model)
-        cfg = self.config
-        paths = edited_layers(model, cfg.layers)
-        templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
-        z_path = layer_path(model, "block", last_layer(model, cfg.layers))
-        values = optimise_targets(model, tok, requests, templates, z_path, cfg.search())
-        stats = stats_for(model, tok, paths, self.env, cfg)
-        caches = [edit.state.setdefault(("alphaedit", p), EditedKeys()) for p in paths]
-
-        def solve(i: int, path: str, keys: torch.Tensor, residual: torch.Tensor):
-            project = self._projector(model, path, stats[path]).to(keys.device, torch.float64)
-            preserved = caches[i].second_moment(keys.shape[0], keys.device)
-            system = project @ (keys @ keys.T + preserved)
-            system += cfg.l2_weight * torch.eye(keys.shape[0], dtype=keys.dtype, device=keys.device)
-            return residual, torch.linalg.solve(system, project @ keys)  # in range(P)
-
-        targets = torch.stack([v.target for v in values])  # (n, d_model)
-        spread(
-            model,
-            tok,
-            requests,
-            edit,
-            paths,
-            templates,
-            z_path,
-            targets,
-            lambda left: 1.0 / left,
-            solve,
-        )
-        self._remember_keys(model, tok, requests, templates, paths, caches, edit)
-        edit.info.update(layers=len(paths), v_steps=max(v.steps for v in values))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(R, (P (K K^T + K_p K_p^T) + alpha I)^{-1} P K)``; the in-factor lies in range(P)."""
+        d_in = keys.shape[0]
+        project = self._projector(model, path, mom2).to(keys.device, torch.float64)
+        preserved = edit.state.setdefault(("alphaedit", path), EditedKeys())
+        system = project @ (keys @ keys.T + preserved.second_moment(d_in, keys.device))
+        system += self.config.l2_weight * torch.eye(d_in, dtype=keys.dtype, device=keys.device)
+        return residual, torch.linalg.solve(system, project @ keys)
 
     def _projector(self, model: nn.Module, path: str, mom2: torch.Tensor) -> torch.Tensor:
         """``P = U0 U0^T`` over the eigenvectors of C with eigenvalue below the threshold
@@ -157,19 +124,19 @@ class AlphaEdit(EditMethod):
 
         return self.env.memo(key, compute)
 
-    def _remember_keys(
+    def after_update(
         self,
         model: nn.Module,
         tok: PreTrainedTokenizerBase,
         requests: list[EditRequest],
         templates: list[list[str]],
         paths: list[str],
-        caches: list[EditedKeys],
         edit: Edit,
     ) -> None:
         """Add this batch's keys, recomputed on the edited model as the reference does, to
         the session's preserved keys."""
-        for path, cache in zip(paths, caches):
+        for path in paths:
             keys = mean_keys(model, tok, requests, templates, path, per_group=True).T
+            cache = edit.state[("alphaedit", path)]
             edit.save_state(cache)
             cache.factors.append(keys.detach().cpu())

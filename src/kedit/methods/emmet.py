@@ -20,23 +20,16 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from kedit.methods._spread import edited_layers, last_layer, optimise_targets, spread
-from kedit.methods._stats import StatsConfig, stats_for
-from kedit.methods._templates import context_templates
-from kedit.methods._value import ValueConfig
-from kedit.methods.base import Edit, EditMethod, hf_module
-from kedit.model.arch import layer_path
-from kedit.types import EditRequest
+from kedit.methods._spread import SpreadConfig, SpreadMethod
+from kedit.methods.base import Edit
 
 
 @dataclass(kw_only=True)
-class EMMETConfig(ValueConfig, StatsConfig):
+class EMMETConfig(SpreadConfig):
     """EMMET hyperparameters (defaults: the unified-model-editing repo's GPT-2 XL setting).
 
     Args:
-        layers: blocks whose MLP output projections are updated.
         mom2_update_weight: lambda, the scale of C (with ``update_norm_lambda`` = 0 it only
             sets how strongly ``emmet_lambda`` regularises D).
         emmet_lambda: ridge added to D for batches of more than one fact.
@@ -47,59 +40,27 @@ class EMMETConfig(ValueConfig, StatsConfig):
     mom2_update_weight: float = 1000.0
     emmet_lambda: float = 0.1
     update_norm_lambda: float = 0.0
-    clamp_norm_factor: float = 0.75
-    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
 
     def validate(self) -> None:
         super().validate()
-        if not self.layers:
-            raise ValueError("layers must name at least one layer")
         if self.mom2_update_weight <= 0 or self.emmet_lambda < 0 or self.update_norm_lambda < 0:
             raise ValueError("mom2_update_weight must be positive; the lambdas non-negative")
 
 
-class EMMET(EditMethod):
+class EMMET(SpreadMethod):
     """Equality-constrained batched update of MLP output projections."""
 
     name = "emmet"
     config_cls = EMMETConfig
-    supports_batch = True
 
-    def apply(
+    def solve(
         self,
         model: nn.Module,
-        tok: PreTrainedTokenizerBase,
-        requests: list[EditRequest],
+        path: str,
+        keys: torch.Tensor,
+        residual: torch.Tensor,
+        mom2: torch.Tensor,
         edit: Edit,
-    ) -> None:
-        model = hf_module(model)
-        cfg = self.config
-        paths = edited_layers(model, cfg.layers)
-        templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
-        z_path = layer_path(model, "block", last_layer(model, cfg.layers))
-        values = optimise_targets(model, tok, requests, templates, z_path, cfg.search())
-        stats = stats_for(model, tok, paths, self.env, cfg)
-
-        def solve(i: int, path: str, keys: torch.Tensor, residual: torch.Tensor):
-            return self._equality_update(stats[path], keys, residual)
-
-        targets = torch.stack([v.target for v in values])  # (n, d_model)
-        spread(
-            model,
-            tok,
-            requests,
-            edit,
-            paths,
-            templates,
-            z_path,
-            targets,
-            lambda left: 1.0 / left,
-            solve,
-        )
-        edit.info.update(layers=len(paths), v_steps=max(v.steps for v in values))
-
-    def _equality_update(
-        self, mom2: torch.Tensor, keys: torch.Tensor, residual: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(R D^{-1}, C_l^{-1} K)``: the factors of EMMET's update, in float64."""
         cfg = self.config

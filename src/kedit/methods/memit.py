@@ -17,90 +17,46 @@ the batch size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from kedit.methods._spread import (
-    edited_layers,
-    last_layer,
-    memit_solve,
-    optimise_targets,
-    spread,
-)
-from kedit.methods._stats import StatsConfig, stats_for
-from kedit.methods._templates import context_templates
-from kedit.methods._value import ValueConfig
-from kedit.methods.base import Edit, EditMethod, hf_module
-from kedit.model.arch import layer_path
-from kedit.types import EditRequest
+from kedit.methods._spread import SpreadConfig, SpreadMethod, memit_solve
+from kedit.methods.base import Edit
 
 
 @dataclass(kw_only=True)
-class MEMITConfig(ValueConfig, StatsConfig):
-    """MEMIT hyperparameters (defaults: the paper's GPT-2 XL configuration; v* and statistics
-    fields on :class:`ValueConfig` and :class:`StatsConfig`).
+class MEMITConfig(SpreadConfig):
+    """MEMIT hyperparameters (defaults: the paper's GPT-2 XL configuration; layers, v* and
+    statistics fields on :class:`SpreadConfig`).
 
     Args:
-        layers: blocks whose MLP output projections are updated (negative counts from the end).
         mom2_update_weight: lambda, the weight of the preserved keys' second moment.
     """
 
-    layers: list[int] = field(default_factory=lambda: [13, 14, 15, 16, 17])
     mom2_update_weight: float = 20000.0
-    clamp_norm_factor: float = 0.75
-    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
 
     def validate(self) -> None:
         super().validate()
-        if not self.layers:
-            raise ValueError("layers must name at least one layer")
         if self.mom2_update_weight < 0:
             raise ValueError("mom2_update_weight must be non-negative")
 
 
-class MEMIT(EditMethod):
+class MEMIT(SpreadMethod):
     """Batched multi-layer least-squares update of MLP output projections."""
 
     name = "memit"
     config_cls = MEMITConfig
-    supports_batch = True
 
-    def apply(
+    def solve(
         self,
         model: nn.Module,
-        tok: PreTrainedTokenizerBase,
-        requests: list[EditRequest],
+        path: str,
+        keys: torch.Tensor,
+        residual: torch.Tensor,
+        mom2: torch.Tensor,
         edit: Edit,
-    ) -> None:
-        model = hf_module(model)
-        cfg = self.config
-        paths = edited_layers(model, cfg.layers)
-        templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
-        z_path = layer_path(model, "block", last_layer(model, cfg.layers))
-        values = optimise_targets(model, tok, requests, templates, z_path, cfg.search())
-        stats = stats_for(model, tok, paths, self.env, cfg)
-
-        def solve(i: int, path: str, keys: torch.Tensor, residual: torch.Tensor):
-            return residual, memit_solve(stats[path], keys, cfg.mom2_update_weight)
-
-        targets = torch.stack([v.target for v in values])  # (n, d_model)
-        spread(
-            model,
-            tok,
-            requests,
-            edit,
-            paths,
-            templates,
-            z_path,
-            targets,
-            lambda left: 1.0 / left,
-            solve,
-        )
-        edit.info.update(
-            layers=len(paths),
-            v_steps=max(v.steps for v in values),
-            v_loss=max(v.loss for v in values),
-        )
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``dW = R K^T (lambda C + K K^T)^{-1}`` as factors: ``(R, (lambda C + K K^T)^{-1} K)``."""
+        return residual, memit_solve(mom2, keys, self.config.mom2_update_weight)

@@ -19,29 +19,18 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from kedit.methods._spread import (
-    edited_layers,
-    last_layer,
-    memit_solve,
-    optimise_targets,
-    spread,
-)
-from kedit.methods._stats import StatsConfig, stats_for
-from kedit.methods._templates import context_templates
-from kedit.methods._value import ValueConfig, ValueSearch
-from kedit.methods.base import Edit, EditMethod, hf_module
+from kedit.methods._spread import SpreadConfig, SpreadMethod, last_layer, memit_solve
+from kedit.methods._value import ValueSearch
+from kedit.methods.base import Edit
 from kedit.model.arch import layer_path
-from kedit.types import EditRequest
 
 
 @dataclass(kw_only=True)
-class PMETConfig(ValueConfig, StatsConfig):
+class PMETConfig(SpreadConfig):
     """PMET hyperparameters (defaults: the PMET repository's GPT-J configuration).
 
     Args:
-        layers: blocks whose FFN output projections are updated.
         mom2_update_weight: lambda, the weight of the preserved keys' second moment.
         nll_factor: weight of the NLL term in the target search.
     """
@@ -52,13 +41,9 @@ class PMETConfig(ValueConfig, StatsConfig):
     v_num_grad_steps: int = 30
     v_lr: float = 0.2
     kl_factor: float = 1.0
-    clamp_norm_factor: float = 0.75
-    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
 
     def validate(self) -> None:
         super().validate()
-        if not self.layers:
-            raise ValueError("layers must name at least one layer")
         if self.mom2_update_weight < 0 or self.nll_factor <= 0:
             raise ValueError("mom2_update_weight must be non-negative, nll_factor positive")
 
@@ -75,45 +60,29 @@ class PMETConfig(ValueConfig, StatsConfig):
         )
 
 
-class PMET(EditMethod):
+class PMET(SpreadMethod):
     """Attention and FFN targets at the top layer; FFN-only multi-layer update."""
 
     name = "pmet"
     config_cls = PMETConfig
-    supports_batch = True
 
-    def apply(
+    def target_paths(self, model: nn.Module) -> tuple[str, list[str]]:
+        """Targets for the top layer's FFN output; v* searched there and at its attention
+        output together (the FFN's is ``targets[0]``)."""
+        top = last_layer(model, self.config.layers)
+        ffn, attn = layer_path(model, "mlp_out", top), layer_path(model, "attn_out", top)
+        return ffn, [ffn, attn]
+
+    def share(self, layers_left: int) -> float:
+        return 1.0 / math.sqrt(layers_left)
+
+    def solve(
         self,
         model: nn.Module,
-        tok: PreTrainedTokenizerBase,
-        requests: list[EditRequest],
+        path: str,
+        keys: torch.Tensor,
+        residual: torch.Tensor,
+        mom2: torch.Tensor,
         edit: Edit,
-    ) -> None:
-        model = hf_module(model)
-        cfg = self.config
-        paths = edited_layers(model, cfg.layers)
-        templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
-        top = last_layer(model, cfg.layers)
-        ffn_path, attn_path = layer_path(model, "mlp_out", top), layer_path(model, "attn_out", top)
-        values = optimise_targets(
-            model, tok, requests, templates, [ffn_path, attn_path], cfg.search()
-        )
-        stats = stats_for(model, tok, paths, self.env, cfg)
-
-        def solve(i: int, path: str, keys: torch.Tensor, residual: torch.Tensor):
-            return residual, memit_solve(stats[path], keys, cfg.mom2_update_weight)
-
-        ffn_targets = torch.stack([v.targets[0] for v in values])  # (n, d_model)
-        spread(
-            model,
-            tok,
-            requests,
-            edit,
-            paths,
-            templates,
-            ffn_path,
-            ffn_targets,
-            lambda left: 1.0 / math.sqrt(left),
-            solve,
-        )
-        edit.info.update(layers=len(paths), v_steps=max(v.steps for v in values))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return residual, memit_solve(mom2, keys, self.config.mom2_update_weight)
