@@ -5,7 +5,7 @@ import json
 import pytest
 
 from kedit.cli import main
-from tests.conftest import tiny_model
+from tests.conftest import data_dir, tiny_model
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_eval_prints_a_table_and_writes_jsonl(model_dir, tmp_path, corpus_file, 
     assert code == 0 and summary["cases"] == 3
 
 
-@pytest.mark.parametrize("what", ["methods", "metrics", "datasets", "models"])
+@pytest.mark.parametrize("what", ["methods", "metrics", "datasets", "models", "general"])
 def test_ls(what, capsys):
     assert main(["ls", what]) == 0
     out = capsys.readouterr().out
@@ -117,6 +117,7 @@ def test_ls(what, capsys):
         "metrics": "efficacy_score",
         "datasets": "counterfact",
         "models": "smollm2-135m",
+        "general": "mmlu",
     }[what]
     assert expected in out
 
@@ -172,11 +173,18 @@ def test_sequential_eval_prints_the_decay_table(model_dir, tmp_path, corpus_file
             "1,2",
             "--metrics",
             "efficacy_score,neighborhood_score",
+            "--data-dir",
+            str(data_dir()),
+            "--general",
+            "wikitext,rte",
+            "--general-limit",
+            "2",
         ]
     )
     out = capsys.readouterr().out
     assert code == 0
     assert "sequential-final: 3 edits" in out and "after N edits" in out
+    assert "general ability" in out and "perplexity" in out and "after 3" in out
     assert main(["eval", "--checkpoints", "1,2"]) == 2
     assert "go with --sequential" in capsys.readouterr().err
 

@@ -5,8 +5,11 @@ import json
 import pytest
 
 from kedit.api import evaluate
+from kedit.console import format_summary
 from kedit.data import load_dataset
-from tests.conftest import assert_same_state, snapshot, tiny_model
+from kedit.eval.general import general_ability
+from kedit.model.lm import as_language_model
+from tests.conftest import assert_same_state, data_dir, snapshot, tiny_model
 from tests.tiny_configs import TINY
 
 
@@ -97,3 +100,27 @@ def test_bad_sequential_arguments(tokenizer, env):
         run(model, tokenizer, env, n_edits=5)
     with pytest.raises(ValueError, match="final"):
         run(model, tokenizer, env, n_edits=2, scoring="later")
+
+
+def test_general_ability_before_editing_and_at_checkpoints(tokenizer, env, tmp_path):
+    env.data_dir = data_dir()
+    model = tiny_model("gpt2")
+    general = ["wikitext", "sst2"]
+    kwargs = dict(n_edits=3, checkpoints=[2], general=general, general_limit=3)
+    report = run(model, tokenizer, env, out_dir=tmp_path / "run", **kwargs)
+    measured = report.summary["general"]
+    assert sorted(measured, key=int) == ["0", "2", "3"]
+    assert measured["0"]["wikitext"]["metric"] == "perplexity"
+    assert measured["0"]["sst2"]["n"] == 3
+    # the unedited measurement is the plain model's, and the edits change the perplexity
+    plain = general_ability(as_language_model(model, tokenizer), general, data_dir(), limit=3)
+    assert measured["0"]["wikitext"]["score"] == pytest.approx(plain["wikitext"]["score"])
+    assert measured["3"]["wikitext"]["score"] != pytest.approx(plain["wikitext"]["score"])
+    assert "general ability" in format_summary(report)
+    # resuming measures nothing again
+    again = run(model, tokenizer, env, out_dir=tmp_path / "run", resume=True, **kwargs)
+    lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    assert sum(json.loads(x)["case_id"] == "general" for x in lines) == 3
+    assert again.summary["general"] == measured
+    with pytest.raises(KeyError, match="general task"):
+        run(model, tokenizer, env, n_edits=1, general=["nope"])

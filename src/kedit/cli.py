@@ -25,6 +25,7 @@ from kedit.config import parse_override
 from kedit.console import format_predictions, format_summary
 from kedit.data import DATASETS
 from kedit.env import Environment
+from kedit.eval.general import GENERAL_TASKS
 from kedit.eval.metrics import METRICS, resolve_metrics
 from kedit.methods import ALIASES, METHODS, get_method, make_method
 from kedit.methods._spread import edited_layers
@@ -126,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --sequential: score every case after the last edit (final) or "
         "each right after its own edit (immediate)",
     )
+    ev.add_argument(
+        "--general",
+        help="with --sequential: general-ability tasks measured before editing and at "
+        "every checkpoint, e.g. wikitext,sst2,mmlu (kedit ls general)",
+    )
+    ev.add_argument(
+        "--general-limit",
+        type=int,
+        default=100,
+        help="examples per general-ability task (default 100, as AlphaEdit)",
+    )
 
     st = sub.add_parser(
         "stats", parents=[common], help="precompute the key statistics a method needs"
@@ -133,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--layers", help="comma-separated layers (default: the method's)")
 
     ls = sub.add_parser("ls", help="list methods, metrics, datasets or models")
-    ls.add_argument("what", choices=["methods", "metrics", "datasets", "models"])
+    ls.add_argument("what", choices=["methods", "metrics", "datasets", "models", "general"])
     return parser
 
 
@@ -220,8 +232,11 @@ def run_eval(args: argparse.Namespace) -> int:
             "checkpoints": points,
             "scoring": args.scoring,
         }
-    elif args.checkpoints or args.batch_size != 1:
-        raise ValueError("--checkpoints and --batch-size go with --sequential N")
+        if args.general:
+            sequential["general"] = [t.strip() for t in args.general.split(",") if t.strip()]
+            sequential["general_limit"] = args.general_limit
+    elif args.checkpoints or args.batch_size != 1 or args.general:
+        raise ValueError("--checkpoints, --batch-size and --general go with --sequential N")
     model, tok = _load(args, env)
     report = api.evaluate(
         model,
@@ -280,6 +295,11 @@ def list_things(what: str) -> str:
     elif what == "datasets":
         rows = [
             (n, "bundled" if s.bundled else s.relpath, s.description) for n, s in DATASETS.items()
+        ]
+    elif what == "general":
+        rows = [
+            (n, getattr(GENERAL_TASKS[n], "metric", "perplexity"), GENERAL_TASKS.help(n))
+            for n in GENERAL_TASKS.names()
         ]
     else:
         rows = [(n, a.hub_id, a.description) for n, a in MODEL_ALIASES.items()]

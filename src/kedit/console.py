@@ -41,7 +41,25 @@ def format_summary(report: EvalReport) -> str:
     out = f"{head}\n\n{table}\n\n{times}"
     if len(s.get("checkpoints", {})) > 1:
         out += "\n\n" + format_decay(s)
+    if s.get("general"):
+        out += "\n\n" + format_general(s["general"])
     return out
+
+
+def format_general(general: dict[str, dict]) -> str:
+    """General-ability scores (rows: tasks) after 0 (unedited), ..., N edits (columns)."""
+    points = sorted(general, key=int)
+    tasks = list(general[points[0]])
+    rows = [
+        (
+            task,
+            general[points[0]][task]["metric"],
+            *(_fmt(general[k][task]["score"]) if task in general[k] else "-" for k in points),
+        )
+        for task in tasks
+    ]
+    header = ("task", "metric", *(f"after {k}" if k != "0" else "unedited" for k in points))
+    return "general ability (first N examples of each task):\n" + format_table(header, rows)
 
 
 DECAY_COLUMNS = (

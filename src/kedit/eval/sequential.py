@@ -13,6 +13,10 @@ output:
 Scores of the unedited model come first, batched across cases. Result rows carry the number of
 edits applied when they were scored (``checkpoint``); a resumed run replays the edits (they are
 deterministic) and scores only what is missing. The model is restored at the end.
+
+``general`` names general-ability tasks (:mod:`kedit.eval.general`: WikiText perplexity,
+downstream tasks) measured on the unedited model (checkpoint 0) and at every checkpoint (with
+immediate scoring: after the last edit), each stored as a ``general`` row.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from kedit.env import Environment
+from kedit.eval.general import GENERAL_TASKS, general_ability
 from kedit.eval.metrics import needs_of, resolve_metrics
 from kedit.eval.runner import (
     PRE_BATCH,
@@ -61,6 +66,8 @@ def evaluate_sequential(
     resume: bool = False,
     env: Environment | None = None,
     progress: bool = True,
+    general: Sequence[str] = (),
+    general_limit: int | None = 100,
 ) -> EvalReport:
     """Edit the first ``n_edits`` cases in sequence and score them (see module docstring)."""
     env = env if env is not None else Environment()
@@ -95,7 +102,11 @@ def evaluate_sequential(
         "n_edits": n_edits,
         "batch_size": batch_size,
         "checkpoints": checkpoint_list,
+        "general": list(general),
+        "general_limit": general_limit,
     }
+    for task in general:
+        GENERAL_TASKS[task]  # an unknown name fails before any editing
     store = ResultStore(Path(out_dir)) if out_dir is not None else None
     done = store.open(run, resume) if store is not None else {}
     rows = list(done.values())
@@ -104,6 +115,18 @@ def evaluate_sequential(
     base_lm = as_language_model(model, tok)
     for start in range(0, len(cases), PRE_BATCH):
         score_probes(base_lm, cases[start : start + PRE_BATCH], needs, "pre", results)
+
+    def measure_general(lm: Any, edited: int) -> None:
+        if general and f"general@{edited}" not in done:
+            scores = general_ability(lm, general, env.data_dir, limit=general_limit, seed=None)
+            row = {"case_id": "general", "checkpoint": edited, "general": scores}
+            general_rows.append(row)
+            if store is not None:
+                store.append(row)
+
+    general_rows = [r for r in rows if r["case_id"] == "general"]
+    rows = [r for r in rows if r["case_id"] != "general"]
+    measure_general(base_lm, 0)
 
     session = EditSession(model, tok, env)
     edit_info: dict[str, dict] = {}
@@ -123,12 +146,15 @@ def evaluate_sequential(
             edited = start + len(batch)
             bar.update(len(batch))
             to_score = list(batch) if scoring == "immediate" else []
+            at_checkpoint = bool(points) and points[0] <= edited
             while points and points[0] <= edited:
                 points.pop(0)
                 to_score = cases[:edited]
             rows += _score(
                 session, to_score, edited, needs, chosen, results, edit_info, done, store
             )
+            if at_checkpoint or edited == n_edits:
+                measure_general(session.lm, edited)
         restore_bytes = session.restore_bytes  # what undoing all edits costs in memory
     finally:
         bar.close()
@@ -144,9 +170,14 @@ def evaluate_sequential(
         str(k): summarize(by_point[k], chosen, run, protocol)["metrics"] for k in sorted(by_point)
     }
     summary["session_restore_bytes"] = restore_bytes
+    if general:
+        summary["general"] = {
+            str(r["checkpoint"]): r["general"]
+            for r in sorted(general_rows, key=lambda r: r["checkpoint"])
+        }
     if store is not None:
         store.write_summary(summary)
-    return EvalReport(summary, rows, store.root if store else None)
+    return EvalReport(summary, rows + general_rows, store.root if store else None)
 
 
 def _apply(session: EditSession, editor: EditMethod, batch: list[EditCase]) -> None:
