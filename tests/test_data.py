@@ -33,8 +33,24 @@ def test_demo_set_is_bundled_and_complete():
             {ProbeKind.REWRITE, ProbeKind.PARAPHRASE, ProbeKind.NEIGHBORHOOD, ProbeKind.GENERATION},
         ),
         ("zsre", {ProbeKind.REWRITE, ProbeKind.PARAPHRASE, ProbeKind.LOCALITY}),
-        ("knowedit-counterfact", {ProbeKind.REWRITE, ProbeKind.LOCALITY}),
-        ("knowedit-zsre", {ProbeKind.REWRITE, ProbeKind.PARAPHRASE, ProbeKind.LOCALITY}),
+        (
+            "knowedit-counterfact",
+            {
+                ProbeKind.REWRITE,
+                *ProbeKind.PORTABILITY,
+                ProbeKind.RELATION_SPECIFICITY,
+                ProbeKind.FORGETFULNESS,
+            },
+        ),
+        (
+            "knowedit-zsre",
+            {
+                ProbeKind.REWRITE,
+                ProbeKind.PARAPHRASE,
+                *ProbeKind.PORTABILITY,
+                ProbeKind.RELATION_SPECIFICITY,
+            },
+        ),
     ],
 )
 def test_benchmark_loaders(name, kinds):

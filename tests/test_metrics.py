@@ -83,7 +83,7 @@ def test_metrics_without_probes_return_none():
 
 def test_every_metric_names_group_and_protocol():
     for metric in resolve_metrics(None):
-        assert metric.group in {"reliability", "generalization", "locality"}
+        assert metric.group in {"reliability", "generalization", "locality", "portability"}
         assert metric.protocol
     needs = needs_of([METRICS["rewrite_gen_match"], METRICS["neighborhood_score"]])
     assert needs.generation == {ProbeKind.REWRITE}

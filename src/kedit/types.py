@@ -22,8 +22,29 @@ class ProbeKind:
     NEIGHBORHOOD = "neighborhood"  # other subjects sharing target_true; must keep it
     LOCALITY = "locality"  # unrelated prompts; top-1 predictions must not change
     GENERATION = "generation"  # free-text prompts about the subject (fluency, consistency)
+    # KnowEdit's splits (Yao et al. 2023b; Zhang et al. 2024), one kind per split so each is
+    # reported on its own as EasyEdit does
+    PORTABILITY_SUBJECT_ALIASING = "portability_subject_aliasing"  # edited fact, subject alias
+    PORTABILITY_REASONING = "portability_reasoning"  # needs the edited fact plus another hop
+    PORTABILITY_LOGICAL_GENERALIZATION = "portability_logical_generalization"  # e.g. inverse
+    RELATION_SPECIFICITY = "relation_specificity"  # other relations of the edited subject
+    FORGETFULNESS = "forgetfulness"  # other objects of a one-to-many edited relation
 
-    ALL = (REWRITE, PARAPHRASE, NEIGHBORHOOD, LOCALITY, GENERATION)
+    PORTABILITY = (
+        PORTABILITY_SUBJECT_ALIASING,
+        PORTABILITY_REASONING,
+        PORTABILITY_LOGICAL_GENERALIZATION,
+    )
+    ALL = (
+        REWRITE,
+        PARAPHRASE,
+        NEIGHBORHOOD,
+        LOCALITY,
+        GENERATION,
+        *PORTABILITY,
+        RELATION_SPECIFICITY,
+        FORGETFULNESS,
+    )
 
 
 def _require_text(value: object, name: str) -> str:

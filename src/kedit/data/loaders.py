@@ -118,24 +118,85 @@ def zsre_mend(record: Record, index: int) -> EditCase:
 # -- KnowEdit ----------------------------------------------------------------------------------
 
 
+#: KnowEdit ``portability`` keys -> probe kinds (scored on the edited model's new world)
+KNOWEDIT_PORTABILITY = {
+    "Subject_Aliasing": ProbeKind.PORTABILITY_SUBJECT_ALIASING,
+    "Reasoning": ProbeKind.PORTABILITY_REASONING,
+    "Logical_Generalization": ProbeKind.PORTABILITY_LOGICAL_GENERALIZATION,
+}
+#: KnowEdit ``locality`` keys -> probe kinds (predictions that must not change); any other
+#: locality key becomes a plain :attr:`ProbeKind.LOCALITY` probe
+KNOWEDIT_LOCALITY = {
+    "Relation_Specificity": ProbeKind.RELATION_SPECIFICITY,
+    "Forgetfulness": ProbeKind.FORGETFULNESS,
+}
+
+_PORTABILITY_REASONS = {
+    ProbeKind.PORTABILITY_SUBJECT_ALIASING: "edited fact asked with an alias of the subject",
+    ProbeKind.PORTABILITY_REASONING: "needs the edited fact plus one more hop",
+    ProbeKind.PORTABILITY_LOGICAL_GENERALIZATION: "a fact implied by the edited one",
+}
+_LOCALITY_REASONS = {
+    ProbeKind.RELATION_SPECIFICITY: "another relation of the edited subject; must not change",
+    ProbeKind.FORGETFULNESS: "another object of the edited relation; must not change",
+    ProbeKind.LOCALITY: "unrelated fact; prediction must not change",
+}
+
+
+def knowedit_answers(ground_truth: Any) -> tuple[str, ...]:
+    """All answers of a KnowEdit ``ground_truth``, flattened in order, empty ones dropped.
+
+    KnowEdit stores a string, a list of strings, or a list of alias lists (one list per
+    answer). The first answer is the teacher-forced target, as in EasyEdit's KnowEdit runner
+    (``ground_truth[0]``, or ``ground_truth[0][0]`` for nested lists); the rest are kept as
+    aliases for generation checks only.
+    """
+    if isinstance(ground_truth, str):
+        return (ground_truth,) if ground_truth.strip() else ()
+    if isinstance(ground_truth, list):
+        return tuple(a for item in ground_truth for a in knowedit_answers(item))
+    return ()
+
+
 def knowedit(record: Record, index: int) -> EditCase:
-    """KnowEdit (WikiData_counterfact, ZsRE): ``subject, prompt, target_new, ground_truth``,
-    optional ``rephrase_prompt``, ``locality{Relation_Specificity, Forgetfulness}``."""
+    """KnowEdit (WikiData_counterfact, ZsRE, WikiData_recent): ``subject, prompt, target_new,
+    ground_truth``, optional ``rephrase_prompt``, ``portability{Subject_Aliasing, Reasoning,
+    Logical_Generalization}`` and ``locality{Relation_Specificity, Forgetfulness}``.
+
+    Each split becomes its own probe kind (see :data:`KNOWEDIT_PORTABILITY` and
+    :data:`KNOWEDIT_LOCALITY`). A list ground truth is scored on its first answer, as EasyEdit
+    does; the other answers become the probe's aliases. Portability items without a prompt or
+    an answer are dropped (EasyEdit's filter); unknown portability keys are ignored. A malformed
+    locality item makes the record invalid, as before portability was read.
+    """
     truth = record.get("ground_truth")
     truth = truth[0] if isinstance(truth, list) and truth else truth
     request = EditRequest.from_text(
         record["prompt"], record["subject"], record["target_new"], truth or None
     )
     paraphrases = [record["rephrase_prompt"]] if record.get("rephrase_prompt") else []
-    locality = []
-    for items in (record.get("locality") or {}).values():
+    case = EditCase.single(_str_id(record, index), request, paraphrases)
+    probes = list(case.probes)
+    for key, items in (record.get("locality") or {}).items():
+        kind = KNOWEDIT_LOCALITY.get(key, ProbeKind.LOCALITY)
         for item in items or []:
-            answer = item["ground_truth"]
-            answer = answer[0] if isinstance(answer, list) else answer
-            if isinstance(answer, list):  # Forgetfulness nests one level deeper
-                answer = answer[0]
-            locality.append((item["prompt"], answer))
-    return EditCase.single(_str_id(record, index), request, paraphrases, locality=locality)
+            answers = knowedit_answers(item["ground_truth"])
+            probes.append(
+                Probe(kind, item["prompt"], answers[0], None, answers[1:], _LOCALITY_REASONS[kind])
+            )
+    for key, items in (record.get("portability") or {}).items():
+        kind = KNOWEDIT_PORTABILITY.get(key)
+        if kind is None:
+            continue
+        for item in items or []:
+            answers = knowedit_answers(item.get("ground_truth"))
+            prompt = item.get("prompt")
+            if not answers or not isinstance(prompt, str) or not prompt.strip():
+                continue
+            probes.append(
+                Probe(kind, prompt, answers[0], None, answers[1:], _PORTABILITY_REASONS[kind])
+            )
+    return EditCase(case.case_id, case.requests, tuple(probes), case.meta)
 
 
 # -- the bundled demo set ----------------------------------------------------------------------
@@ -193,6 +254,7 @@ __all__ = [
     "demo",
     "detect_format",
     "knowedit",
+    "knowedit_answers",
     "read_json_records",
     "zsre_mend",
 ]
