@@ -5,7 +5,7 @@ import torch
 
 from kedit.env import Environment
 from kedit.methods import get_method
-from kedit.methods._keys import mean_key, subject_io
+from kedit.methods._keys import mean_keys, subject_io
 from kedit.methods._stats import second_moments, stats_for, token_cap
 from kedit.methods._templates import context_templates
 from kedit.methods._value import PrefixCachedPass
@@ -37,7 +37,7 @@ def test_update_is_rank_one_and_writes_v_star(arch, tokenizer, env):
     templates = context_templates(
         model, tokenizer, env, TINY["rome"]["context_template_length_params"]
     )
-    k_star = mean_key(model, tokenizer, REQUEST, templates, path)
+    k_star = mean_keys(model, tokenizer, [REQUEST], templates, path)[0]
     mom2 = stats_for(model, tokenizer, [path], env, method.config)[path]
     u = torch.linalg.solve(mom2.double(), k_star.double().cpu()).float().to(k_star.device)
     row = delta[delta.norm(dim=1).argmax()]

@@ -98,6 +98,8 @@ def test_bad_sequential_arguments(tokenizer, env):
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="dataset has 4"):
         run(model, tokenizer, env, n_edits=5)
+    with pytest.raises(ValueError, match="leave limit out"):
+        run(model, tokenizer, env, n_edits=2, limit=3)
     with pytest.raises(ValueError, match="final"):
         run(model, tokenizer, env, n_edits=2, scoring="later")
 

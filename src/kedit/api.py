@@ -79,7 +79,12 @@ def evaluate(
     otherwise each case is edited on the unedited model (:func:`kedit.eval.runner.evaluate`).
     """
     if "n_edits" in kwargs:
-        kwargs.pop("limit", None)
+        limit = kwargs.pop("limit", None)
+        if limit is not None and limit != kwargs["n_edits"]:
+            raise ValueError(
+                f"limit={limit} with n_edits={kwargs['n_edits']}: a sequential run edits and "
+                "scores the first n_edits cases; leave limit out"
+            )
         return evaluate_sequential(model, tok, dataset, method, **kwargs)
     return _evaluate(model, tok, dataset, method, **kwargs)
 

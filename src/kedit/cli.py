@@ -268,11 +268,7 @@ def run_stats(args: argparse.Namespace) -> int:
     config = method.config
     if not isinstance(config, StatsConfig):
         raise ValueError(f"{args.method} uses no key statistics")
-    layers = (
-        [int(x) for x in args.layers.split(",")]
-        if args.layers
-        else getattr(config, "layers", None) or [config.layer]
-    )
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else config.stats_layers()
     paths = edited_layers(model, layers)
     start = time.perf_counter()
     stats = stats_for(model, tok, paths, env, config)
@@ -298,7 +294,7 @@ def list_things(what: str) -> str:
         ]
     elif what == "general":
         rows = [
-            (n, getattr(GENERAL_TASKS[n], "metric", "perplexity"), GENERAL_TASKS.help(n))
+            (n, GENERAL_TASKS[n].metric, GENERAL_TASKS.help(n))
             for n in GENERAL_TASKS.names()
         ]
     else:

@@ -249,6 +249,7 @@ class GeneralTask(Protocol):
 
     name: str
     description: str
+    metric: str  # the headline measure
 
     def evaluate(
         self,
@@ -270,6 +271,7 @@ class PerplexityTask:
     relpath: str  # under the data directory
     max_tokens: int = 256
     description: str = ""
+    metric: str = "perplexity"
 
     def protocol(self, n: int) -> str:
         return (

@@ -37,6 +37,7 @@ from kedit.eval.runner import (
     EvalReport,
     ResultStore,
     case_metrics,
+    row_key,
     run_info,
     select_cases,
     summarize,
@@ -117,7 +118,7 @@ def evaluate_sequential(
         score_probes(base_lm, cases[start : start + PRE_BATCH], needs, "pre", results)
 
     def measure_general(lm: Any, edited: int) -> None:
-        if general and f"general@{edited}" not in done:
+        if general and row_key({"case_id": "general", "checkpoint": edited}) not in done:
             scores = general_ability(lm, general, env.data_dir, limit=general_limit, seed=None)
             row = {"case_id": "general", "checkpoint": edited, "general": scores}
             general_rows.append(row)
@@ -201,7 +202,7 @@ def _score(
     store: ResultStore | None,
 ) -> list[dict]:
     """Score the cases not yet scored at this number of edits, and write their rows."""
-    todo = [c for c in cases if f"{c.case_id}@{edited}" not in done]
+    todo = [c for c in cases if row_key({"case_id": c.case_id, "checkpoint": edited}) not in done]
     if not todo:
         return []
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from kedit.methods._templates import fill
+from kedit.methods._templates import fill, flatten
 from kedit.model.hooks import Trace, run_until_stopped
 from kedit.model.lm import model_device
 from kedit.model.tokens import encode, pad, pad_id, token_index_of_span
@@ -61,7 +61,7 @@ def mean_keys(
     within each group, then across groups (MEMIT), so the bare prompt weighs as much as all
     sampled prefixes of one length together.
     """
-    flat = [t for group in template_groups for t in group]
+    flat = flatten(template_groups)
     texts = [fill(t, r) for r in requests for t in flat]
     keys, _ = subject_io(model, tok, texts, module_path)
     keys = keys.view(len(requests), len(flat), -1)  # (requests, templates, d_in)
@@ -72,15 +72,3 @@ def mean_keys(
         means.append(keys[:, start : start + len(group)].mean(1))
         start += len(group)
     return torch.stack(means).mean(0)
-
-
-def mean_key(
-    model: nn.Module,
-    tok: PreTrainedTokenizerBase,
-    request: EditRequest,
-    template_groups: Sequence[Sequence[str]],
-    module_path: str,
-    per_group: bool = False,
-) -> torch.Tensor:
-    """:func:`mean_keys` for one request: ``(d_in,)``."""
-    return mean_keys(model, tok, [request], template_groups, module_path, per_group)[0]

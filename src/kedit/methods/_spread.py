@@ -106,6 +106,9 @@ class SpreadConfig(ValueConfig, StatsConfig):
     clamp_norm_factor: float = 0.75
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
 
+    def stats_layers(self) -> list[int]:
+        return list(self.layers)
+
     def validate(self) -> None:
         super().validate()
         if not self.layers:

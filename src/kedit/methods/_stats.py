@@ -55,6 +55,10 @@ class StatsConfig(MethodConfig):
     mom2_dtype: str = "float32"
     mom2_dynamic_multiplier: float | Literal["auto"] | None = "auto"
 
+    def stats_layers(self) -> list[int]:
+        """The blocks whose MLP output projections this method reads statistics for."""
+        raise NotImplementedError
+
     def validate(self) -> None:
         super().validate()
         if self.mom2_n_samples < 1:

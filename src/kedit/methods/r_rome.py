@@ -21,8 +21,6 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from kedit.methods._keys import subject_io
-from kedit.methods._templates import fill, flatten
 from kedit.methods.rome import ROME, ROMEConfig
 from kedit.types import EditRequest
 
@@ -38,15 +36,14 @@ class RROME(ROME):
     name = "r-rome"
     config_cls = RROMEConfig
 
-    def _prompt_key_value(
+    def _update_key_value(
         self,
         model: nn.Module,
         tok: PreTrainedTokenizerBase,
         request: EditRequest,
-        templates: list[list[str]],
         path: str,
+        template_keys: torch.Tensor,
+        template_outputs: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The key and the module output averaged over the context templates."""
-        texts = [fill(t, request) for t in flatten(templates)]
-        keys, outputs = subject_io(model, tok, texts, path)
-        return keys.mean(0), outputs.mean(0)
+        return template_keys.mean(0), template_outputs.mean(0)

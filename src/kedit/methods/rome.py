@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from kedit.methods._keys import mean_key, subject_io
+from kedit.methods._keys import subject_io
 from kedit.methods._stats import StatsConfig, stats_for
-from kedit.methods._templates import context_templates, flatten
+from kedit.methods._templates import context_templates, fill, flatten
 from kedit.methods._value import ValueConfig, optimise_value
 from kedit.methods._weights import low_rank_delta
 from kedit.methods.base import Edit, EditMethod, hf_module
@@ -51,6 +51,9 @@ class ROMEConfig(ValueConfig, StatsConfig):
 
     layer: int = 17
     mom2_adjustment: bool = True
+
+    def stats_layers(self) -> list[int]:
+        return [self.layer]
 
 
 class ROME(EditMethod):
@@ -74,10 +77,11 @@ class ROME(EditMethod):
         module = get_module(model, path)
         templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
 
-        k_star = mean_key(model, tok, request, templates, path)  # (d_in,)
-        u = self._inverse_cov_times(model, tok, path, k_star)  # (d_in,)
+        texts = [fill(t, request) for t in flatten(templates)]
+        keys, outputs = subject_io(model, tok, texts, path)  # (templates, d_in), (templates, d_out)
+        u = self._inverse_cov_times(model, tok, path, keys.mean(0))  # C^-1 k*, (d_in,)
         value = optimise_value(model, tok, request, flatten(templates), path, cfg.search())
-        k, v = self._prompt_key_value(model, tok, request, templates, path)
+        k, v = self._update_key_value(model, tok, request, path, keys, outputs)
         right = (value.target - v) / (k @ u)  # (d_out,)
 
         edit.add_delta(module.weight, low_rank_delta(module, right, u))
@@ -88,16 +92,17 @@ class ROME(EditMethod):
             delta_norm=float(right.norm() * u.norm()),
         )
 
-    def _prompt_key_value(
+    def _update_key_value(
         self,
         model: nn.Module,
         tok: PreTrainedTokenizerBase,
         request: EditRequest,
-        templates: list[list[str]],
         path: str,
+        template_keys: torch.Tensor,
+        template_outputs: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The key and the module output (``W k + b``) of the bare prompt, as the reference
-        computes the update's size (r-ROME changes this)."""
+        """The key and module output (``W k + b``) that size the update: the bare prompt's, as
+        the reference computes them (r-ROME uses the templates' averages instead)."""
         keys, outputs = subject_io(model, tok, [(request.text, request.subject_span)], path)
         return keys[0], outputs[0]
 
