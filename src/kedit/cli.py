@@ -293,10 +293,7 @@ def list_things(what: str) -> str:
             (n, "bundled" if s.bundled else s.relpath, s.description) for n, s in DATASETS.items()
         ]
     elif what == "general":
-        rows = [
-            (n, GENERAL_TASKS[n].metric, GENERAL_TASKS.help(n))
-            for n in GENERAL_TASKS.names()
-        ]
+        rows = [(n, GENERAL_TASKS[n].metric, GENERAL_TASKS.help(n)) for n in GENERAL_TASKS.names()]
     else:
         rows = [(n, a.hub_id, a.description) for n, a in MODEL_ALIASES.items()]
         rows += [(t, "architecture", "model_type kedit can edit") for t in ARCHS.names()]
