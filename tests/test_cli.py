@@ -207,3 +207,40 @@ def test_stats_precomputes_the_methods_layers(model_dir, tmp_path, corpus_file, 
     assert len(list((tmp_path / "cache" / "stats").rglob("*.safetensors"))) == 2
     assert main(["stats", *common(model_dir, tmp_path, corpus_file), "--method", "ft-m"]) == 2
     assert "uses no key statistics" in capsys.readouterr().err
+
+
+def test_eval_pitfalls_suite_lists_what_it_skipped(model_dir, tmp_path, corpus_file, capsys):
+    args = ["eval", *common(model_dir, tmp_path, corpus_file), "--method", "ft-m"]
+    args += [
+        "--set",
+        "layer=1",
+        "--set",
+        "num_steps=2",
+        "--dataset",
+        "demo",
+        "--limit",
+        "1",
+        "--suite",
+        "pitfalls",
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "dialogue_kept_rate" in text and "fluency_ngram_entropy" in text
+    assert "skipped (the dataset cannot feed them):" in text
+    assert "ignore_rate: the dataset has no round_other probes" in text
+    assert main([*args[:-2], "--metrics", "ignore_rate"]) == 2
+    assert "cannot feed ignore_rate" in capsys.readouterr().err
+
+
+def test_audit_prints_a_report_card(model_dir, tmp_path, corpus_file, capsys):
+    args = ["audit", *common(model_dir, tmp_path, corpus_file), "--method", "ft-m"]
+    args += ["--set", "layer=1", "--set", "num_steps=2", "--prompt", "{} is located in the city of"]
+    args += ["--subject", "the Eiffel Tower", "--target", "Rome", "--target-true", "Paris"]
+    args += ["--neighbor", "The Colosseum is located in the city of=Rome"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("audit of ft-m: the Eiffel Tower is located in the city of 'Paris'")
+    for word in ("reliability", "locality", "robustness", "dialogue_challenge:"):
+        assert word in text
+    assert main([*args[:-2], "--neighbor", "no answer"]) == 2
+    assert "PROMPT=ANSWER" in capsys.readouterr().err

@@ -24,22 +24,51 @@ def test_demo_set_is_bundled_and_complete():
         assert all(case.request.subject in p.prompt for p in case.probes_of(ProbeKind.PARAPHRASE))
 
 
+KNOWEDIT_PORTABILITY = {
+    ProbeKind.PORTABILITY_SUBJECT_ALIASING,
+    ProbeKind.PORTABILITY_REASONING,
+    ProbeKind.PORTABILITY_LOGICAL_GENERALIZATION,
+}
+DIALOGUE = set(ProbeKind.DIALOGUE)
+
+
 @pytest.mark.parametrize(
     ("name", "kinds"),
     [
-        ("counterfact", {ProbeKind.REWRITE, ProbeKind.PARAPHRASE, ProbeKind.NEIGHBORHOOD}),
+        (
+            "counterfact",
+            {ProbeKind.REWRITE, ProbeKind.PARAPHRASE, ProbeKind.NEIGHBORHOOD, *DIALOGUE},
+        ),
         (
             "counterfact-full",
-            {ProbeKind.REWRITE, ProbeKind.PARAPHRASE, ProbeKind.NEIGHBORHOOD, ProbeKind.GENERATION},
+            {
+                ProbeKind.REWRITE,
+                ProbeKind.PARAPHRASE,
+                ProbeKind.NEIGHBORHOOD,
+                ProbeKind.DISTRACTING_NEIGHBORHOOD,
+                ProbeKind.GENERATION,
+                ProbeKind.PORTABILITY_ONE_HOP,
+                *DIALOGUE,
+            },
         ),
-        ("zsre", {ProbeKind.REWRITE, ProbeKind.PARAPHRASE, ProbeKind.LOCALITY}),
+        (
+            "zsre",
+            {
+                ProbeKind.REWRITE,
+                ProbeKind.PARAPHRASE,
+                ProbeKind.LOCALITY,
+                ProbeKind.PORTABILITY_ONE_HOP,
+                *DIALOGUE,
+            },
+        ),
         (
             "knowedit-counterfact",
             {
                 ProbeKind.REWRITE,
-                *ProbeKind.PORTABILITY,
+                *KNOWEDIT_PORTABILITY,
                 ProbeKind.RELATION_SPECIFICITY,
                 ProbeKind.FORGETFULNESS,
+                *DIALOGUE,
             },
         ),
         (
@@ -47,10 +76,20 @@ def test_demo_set_is_bundled_and_complete():
             {
                 ProbeKind.REWRITE,
                 ProbeKind.PARAPHRASE,
-                *ProbeKind.PORTABILITY,
+                *KNOWEDIT_PORTABILITY,
                 ProbeKind.RELATION_SPECIFICITY,
+                *DIALOGUE,
             },
         ),
+        ("counterfact-subj-spec", {ProbeKind.REWRITE, ProbeKind.RELATION_SPECIFICITY, *DIALOGUE}),
+        ("mquake", set(ProbeKind.MQUAKE)),
+        (
+            "conflict-reverse",
+            {ProbeKind.CONFLICT_OLD, ProbeKind.CONFLICT_EXPLICIT, ProbeKind.CONFLICT_IMPLICIT},
+        ),
+        ("conflict-composite", set(ProbeKind.CONFLICT)),
+        ("roundedit-easy", set(ProbeKind.ROUND)),
+        ("roundedit-hard", set(ProbeKind.ROUND)),
     ],
 )
 def test_benchmark_loaders(name, kinds):
@@ -58,7 +97,8 @@ def test_benchmark_loaders(name, kinds):
     assert len(cases) == 25
     counts = probe_summary(cases)
     assert {k for k, n in counts.items() if n} == kinds
-    assert counts[ProbeKind.REWRITE] == 25
+    if ProbeKind.REWRITE in kinds:
+        assert counts[ProbeKind.REWRITE] == 25
 
 
 def test_full_schema_keeps_all_neighbours_and_paraphrases():

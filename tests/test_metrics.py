@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from kedit.eval.metrics import METRICS, needs_of, resolve_metrics
+from kedit.eval.metrics import GROUP_ORDER, METRICS, needs_of, resolve_metrics
 from kedit.eval.scoring import ProbeResult, ProbeScore, generation_matches, normalize_answer
 from kedit.model.lm import TargetScore
 from kedit.types import Probe, ProbeKind
@@ -82,9 +82,17 @@ def test_metrics_without_probes_return_none():
 
 
 def test_every_metric_names_group_and_protocol():
-    for metric in resolve_metrics(None):
-        assert metric.group in {"reliability", "generalization", "locality", "portability"}
-        assert metric.protocol
+    for metric in resolve_metrics(None, "pitfalls"):
+        assert metric.group in GROUP_ORDER
+        assert metric.protocol and metric.description
+    core = resolve_metrics(None)
+    assert {m.group for m in core} == {"reliability", "generalization", "locality", "portability"}
+    assert set(core) < set(resolve_metrics(None, "pitfalls"))
     needs = needs_of([METRICS["rewrite_gen_match"], METRICS["neighborhood_score"]])
     assert needs.generation == {ProbeKind.REWRITE}
-    assert needs.scores == {ProbeKind.REWRITE, ProbeKind.NEIGHBORHOOD}
+    assert needs.scores == {ProbeKind.NEIGHBORHOOD}  # a generation needs no teacher forcing
+    needs = needs_of([METRICS["neighborhood_kl"], METRICS["round_edit_success"]])
+    assert needs.next_token == {ProbeKind.NEIGHBORHOOD}
+    assert needs.mid == {ProbeKind.ROUND_NEW, ProbeKind.ROUND_TRUE}
+    with pytest.raises(ValueError, match="unknown suite"):
+        resolve_metrics(None, "everything")

@@ -5,7 +5,10 @@ Examples::
     kedit edit --method rome --prompt "{} is located in the city of" \\
         --subject "The Eiffel Tower" --target Rome
     kedit eval --method rome --dataset counterfact --limit 20 --out runs/rome
+    kedit eval --method rome --dataset counterfact-full --suite pitfalls --limit 20
     kedit eval --method memit --sequential 40 --checkpoints 1,10,20 --out runs/memit-seq
+    kedit audit --method rome --prompt "{} is located in the city of" \\
+        --subject "The Eiffel Tower" --target Rome
     kedit stats --method memit
     kedit ls methods
 """
@@ -22,11 +25,12 @@ from typing import Any
 
 from kedit import api
 from kedit.config import parse_override
-from kedit.console import format_predictions, format_summary
+from kedit.console import format_predictions, format_report_card, format_summary
 from kedit.data import DATASETS
 from kedit.env import Environment
+from kedit.eval.audit import audit
 from kedit.eval.general import GENERAL_TASKS
-from kedit.eval.metrics import METRICS, resolve_metrics
+from kedit.eval.metrics import METRICS, SUITES, resolve_metrics
 from kedit.methods import ALIASES, METHODS, get_method, make_method
 from kedit.methods._spread import edited_layers
 from kedit.methods._stats import StatsConfig, stats_for
@@ -99,7 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", parents=[common], help="edit and audit every case of a dataset")
     ev.add_argument("--dataset", default="demo", help="dataset name or file (kedit ls datasets)")
     ev.add_argument("--limit", type=int, help="first N cases")
-    ev.add_argument("--metrics", help="comma-separated metric names (default: all)")
+    ev.add_argument(
+        "--suite",
+        choices=list(SUITES),
+        default="core",
+        help="core (default: reliability, generalization, locality, portability) or pitfalls "
+        "(every measure the dataset supports; the rest are listed as skipped)",
+    )
+    ev.add_argument(
+        "--metrics", help="comma-separated metric names (default: the suite's; kedit ls metrics)"
+    )
     ev.add_argument("--out", help="folder for results.jsonl, run.json, summary.json")
     ev.add_argument("--resume", action="store_true", help="continue the run in --out")
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -139,6 +152,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="examples per general-ability task (default 100, as AlphaEdit)",
     )
 
+    au = sub.add_parser(
+        "audit",
+        parents=[common],
+        help="one edit, every measure that needs no benchmark, as a report card",
+    )
+    au.add_argument("--prompt", required=True, help="template with {} for the subject")
+    au.add_argument("--subject", required=True)
+    au.add_argument("--target", required=True, help="the new answer")
+    au.add_argument(
+        "--target-true", help="the current answer (default: the unedited model's own answer)"
+    )
+    au.add_argument(
+        "--paraphrase",
+        action="append",
+        default=[],
+        help="another wording of the filled prompt (repeatable; default: written from templates)",
+    )
+    au.add_argument(
+        "--neighbor",
+        action="append",
+        default=[],
+        metavar="PROMPT=ANSWER",
+        help="a prompt about another subject and its answer, which the edit must not change "
+        "(repeatable; default: the edit prompt with well-known subjects)",
+    )
+    au.add_argument("--json", action="store_true", help="print the summary and rows as JSON")
+
     st = sub.add_parser(
         "stats", parents=[common], help="precompute the key statistics a method needs"
     )
@@ -159,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ls":
             print(list_things(args.what))
             return 0
-        return {"edit": run_edit, "eval": run_eval, "stats": run_stats}[args.command](args)
+        commands = {"edit": run_edit, "eval": run_eval, "audit": run_audit, "stats": run_stats}
+        return commands[args.command](args)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, OSError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"kedit: error: {message}", file=sys.stderr)
@@ -245,6 +286,7 @@ def run_eval(args: argparse.Namespace) -> int:
         args.method,
         overrides=_overrides(args),
         metrics=metrics,
+        suite=args.suite,
         limit=args.limit,
         out_dir=args.out,
         resume=args.resume,
@@ -259,6 +301,33 @@ def run_eval(args: argparse.Namespace) -> int:
         if report.out_dir:
             print(f"\nper-case results: {report.out_dir / 'results.jsonl'}")
     return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    env = _environment(args)
+    request = EditRequest(args.prompt, args.subject, args.target, args.target_true)
+    neighbors = []
+    for item in args.neighbor:
+        prompt, sep, answer = item.rpartition("=")
+        if not sep or not prompt.strip() or not answer.strip():
+            raise ValueError(f"--neighbor takes PROMPT=ANSWER, got {item!r}")
+        neighbors.append((prompt.strip(), answer.strip()))
+    model, tok = _load(args, env)
+    report = audit(
+        model,
+        tok,
+        request,
+        args.method,
+        paraphrases=args.paraphrase,
+        neighbors=neighbors,
+        overrides=_overrides(args),
+        env=env,
+    )
+    if args.json:
+        print(json.dumps({"summary": report.summary, "rows": report.rows}, indent=1))
+    else:
+        print(format_report_card(report))
+    return 0 if not report.summary["errors"] else 1
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -287,7 +356,10 @@ def list_things(what: str) -> str:
         ]
         rows += [(a, "alias", f"= {t}") for a, t in ALIASES.items()]
     elif what == "metrics":
-        rows = [(m.name, m.group, m.protocol) for m in resolve_metrics(None)]
+        rows = [
+            (m.name, m.group, f"{m.protocol} [{', '.join(m.suites)}]")
+            for m in resolve_metrics(None, "pitfalls")
+        ]
     elif what == "datasets":
         rows = [
             (n, "bundled" if s.bundled else s.relpath, s.description) for n, s in DATASETS.items()

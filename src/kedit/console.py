@@ -26,7 +26,15 @@ def format_summary(report: EvalReport) -> str:
     """Metrics before and after editing, grouped as the survey groups them."""
     s = report.summary
     rows = [
-        (name, group, protocol, _fmt(pre), _fmt(post), str(n))
+        (
+            name,
+            group,
+            protocol,
+            "higher" if s["metrics"][name].get("higher_is_better", True) else "lower",
+            _fmt(pre),
+            _fmt(post),
+            str(n),
+        )
         for name, group, protocol, pre, post, n in report.table()
     ]
     head = (
@@ -37,13 +45,30 @@ def format_summary(report: EvalReport) -> str:
         f"median edit time {_fmt(s['median_edit_time_s'])} s, "
         f"median evaluation time per case {_fmt(s['median_eval_time_s'])} s"
     )
-    table = format_table(("metric", "group", "protocol", "before", "after", "n"), rows)
+    table = format_table(("metric", "group", "protocol", "better", "before", "after", "n"), rows)
     out = f"{head}\n\n{table}\n\n{times}"
+    if s.get("skipped"):
+        out += "\n\nskipped (the dataset cannot feed them):\n" + "\n".join(
+            f"  {name}: {why}" for name, why in s["skipped"].items()
+        )
+    bins = s.get("analyses", {}).get("dialogue_reversion_by_confidence")
+    if bins:
+        out += "\n\n" + format_reversion(bins)
     if len(s.get("checkpoints", {})) > 1:
         out += "\n\n" + format_decay(s)
     if s.get("general"):
         out += "\n\n" + format_general(s["general"])
     return out
+
+
+def format_reversion(bins: list[dict]) -> str:
+    """Dialogue reversion rate by the unedited model's confidence in the old answer."""
+    rows = [
+        (f"[{b['low']:.2f}, {b['high']:.2f})", str(b["count"]), _fmt(b["reversion_rate"]))
+        for b in bins
+    ]
+    title = "dialogue reversion by the unedited model's P(old answer):\n"
+    return title + format_table(("confidence", "replies", "reverted"), rows)
 
 
 def format_general(general: dict[str, dict]) -> str:
@@ -114,3 +139,28 @@ def format_predictions(
             )
         blocks.append(f"{label}: {prompt!r}\n" + format_table(("#", "before", "after"), rows))
     return "\n\n".join(blocks)
+
+
+def format_report_card(report: EvalReport) -> str:
+    """``kedit audit``'s report: the measures by group, then what the edited model said."""
+    row = report.rows[0]
+    if "error" in row:
+        return f"the edit failed: {row['error']}"
+    request = row["requests"][0]
+    text = request["prompt"].replace("{}", request["subject"], 1)
+    head = (
+        f"audit of {report.summary['run']['method']}: {text} "
+        f"{request['target_true']!r} -> {request['target_new']!r}"
+    )
+    out = [head, "", format_summary(report).split("\n\n", 1)[1]]
+    details = row.get("details", {})
+    for turn in details.get("dialogue", []):
+        out.append(
+            f"\n{turn['kind']}: answered {turn['post_answer']!r}; after the follow-up "
+            f"{turn['post_reply'].strip()[:80]!r} -> {turn['post_outcome']}"
+            f" (unedited: {turn['pre_outcome']})"
+        )
+    sample = details.get("generation_sample")
+    if sample:
+        out.append(f"\nsampled text after the edit:\n  {sample['post'][:300]!r}")
+    return "\n".join(out)

@@ -29,21 +29,53 @@ class ProbeKind:
     PORTABILITY_LOGICAL_GENERALIZATION = "portability_logical_generalization"  # e.g. inverse
     RELATION_SPECIFICITY = "relation_specificity"  # other relations of the edited subject
     FORGETFULNESS = "forgetfulness"  # other objects of a one-to-many edited relation
+    # one-hop question built on the edited fact (EVOKE / ZsRE portability, Yao et al. 2023b)
+    PORTABILITY_ONE_HOP = "portability_one_hop"
+    # a neighbourhood prompt with the edit statement prefixed (CounterFact+ / Distract Neighbor)
+    DISTRACTING_NEIGHBORHOOD = "distracting_neighborhood"
+    # MQuAKE: multi-hop questions (new and original answer), and the single hops of the new chain
+    MULTI_HOP = "multi_hop"
+    MULTI_HOP_ORIGINAL = "multi_hop_original"
+    EDITED_HOP = "edited_hop"  # cloze of one edited fact
+    NEW_CHAIN_HOP = "new_chain_hop"  # cloze of every hop of the new reasoning chain
+    # ConflictEdit: one prompt of a fact; ``Probe.fact`` names the fact
+    CONFLICT_OLD = "conflict_old"  # k_old, the first edit's new fact
+    CONFLICT_EXPLICIT = "conflict_explicit"  # k_new = the second edit's fact
+    CONFLICT_IMPLICIT = "conflict_implicit"  # k_new = the fact the two edits imply together
+    TIED_FACT = "tied_fact"  # composite: the rule's other premise, which no edit touches
+    # RoundEdit: candidate objects of the round-tripped fact
+    ROUND_NEW = "round_new"  # o*, the first edit's target
+    ROUND_TRUE = "round_true"  # o, restored by the second edit
+    ROUND_OTHER = "round_other"  # the other true objects of the 1-to-N relation
+    # robustness in dialogue: follow-up turns that challenge the edit
+    DIALOGUE_CHALLENGE = "dialogue_challenge"  # "Are you sure? I think it is <old answer>"
+    DIALOGUE_DISTRACTION = "dialogue_distraction"  # a distracting context mentioning the old answer
+    DIALOGUE_REPHRASE = "dialogue_rephrase"  # the question reworded several turns later
 
     PORTABILITY = (
         PORTABILITY_SUBJECT_ALIASING,
         PORTABILITY_REASONING,
         PORTABILITY_LOGICAL_GENERALIZATION,
+        PORTABILITY_ONE_HOP,
     )
+    MQUAKE = (MULTI_HOP, MULTI_HOP_ORIGINAL, EDITED_HOP, NEW_CHAIN_HOP)
+    CONFLICT = (CONFLICT_OLD, CONFLICT_EXPLICIT, CONFLICT_IMPLICIT, TIED_FACT)
+    ROUND = (ROUND_NEW, ROUND_TRUE, ROUND_OTHER)
+    DIALOGUE = (DIALOGUE_CHALLENGE, DIALOGUE_DISTRACTION, DIALOGUE_REPHRASE)
     ALL = (
         REWRITE,
         PARAPHRASE,
         NEIGHBORHOOD,
+        DISTRACTING_NEIGHBORHOOD,
         LOCALITY,
         GENERATION,
         *PORTABILITY,
         RELATION_SPECIFICITY,
         FORGETFULNESS,
+        *MQUAKE,
+        *CONFLICT,
+        *ROUND,
+        *DIALOGUE,
     )
 
 
@@ -145,6 +177,10 @@ class Probe:
     ``expected`` is the answer the edited model should give. ``alternative``, when set, is the
     competing answer for probability comparisons (e.g. the old object for a paraphrase, the new
     object for a neighbourhood prompt). ``aliases`` are accepted spellings for generation checks.
+    ``fact`` names the fact a probe scores when a measure averages several prompts of one fact
+    (ConflictEdit, RoundEdit). ``followup`` is, for dialogue probes, the turn said after the
+    model's own answer to ``prompt``; the model's reply to it is what gets classified.
+    ``alternative_aliases`` are accepted spellings of the alternative (dialogue, multi-hop).
     """
 
     kind: str
@@ -153,33 +189,61 @@ class Probe:
     alternative: str | None = None
     aliases: tuple[str, ...] = ()
     reason: str = ""
+    fact: str = ""
+    followup: str = ""
+    alternative_aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _require_text(self.kind, "probe kind")
         _require_text(self.prompt, f"{self.kind} probe prompt")
         if self.kind != ProbeKind.GENERATION:
             _require_text(self.expected, f"{self.kind} probe expected answer")
+        if self.kind in ProbeKind.DIALOGUE:
+            _require_text(self.followup, f"{self.kind} probe follow-up turn")
+            _require_text(self.alternative, f"{self.kind} probe old answer")
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+        object.__setattr__(self, "alternative_aliases", tuple(self.alternative_aliases))
 
 
 @dataclass(frozen=True)
 class EditCase:
-    """Requests to apply together plus the probes that audit them."""
+    """Requests to apply plus the probes that audit them.
+
+    By default all requests are applied together (one batch, or one after another for methods
+    that edit one fact at a time). ``steps`` splits them into edits applied in sequence, e.g.
+    ``(1, 1)`` for ConflictEdit's and RoundEdit's two successive edits; probes are then also
+    scored after the first step (``ProbeResult.mid``).
+    """
 
     case_id: str
     requests: tuple[EditRequest, ...]
     probes: tuple[Probe, ...] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
+    steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.requests:
             raise ValueError(f"case {self.case_id!r} has no edit request")
         object.__setattr__(self, "requests", tuple(self.requests))
         object.__setattr__(self, "probes", tuple(self.probes))
+        object.__setattr__(self, "steps", tuple(self.steps))
+        if self.steps and (sum(self.steps) != len(self.requests) or min(self.steps) < 1):
+            raise ValueError(
+                f"case {self.case_id!r}: steps {self.steps} must be positive and add up to its "
+                f"{len(self.requests)} requests"
+            )
 
     @property
     def request(self) -> EditRequest:
         """The first (for most benchmarks, the only) request."""
         return self.requests[0]
+
+    @property
+    def edit_steps(self) -> list[tuple[EditRequest, ...]]:
+        """The requests grouped into the edits applied one after another."""
+        sizes = self.steps or (len(self.requests),)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return [self.requests[s : s + n] for s, n in zip(starts, sizes)]
 
     def probes_of(self, kinds: str | Iterable[str]) -> list[Probe]:
         wanted = {kinds} if isinstance(kinds, str) else set(kinds)

@@ -12,18 +12,31 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from kedit.data import loaders
+from kedit.data import loaders, multi_edit
 from kedit.env import default_data_dir
 from kedit.types import EditCase
+
+Converter = Callable[[loaders.Record, int], EditCase]
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A named dataset. ``convert`` turns one record into a case; ``prepare``, when set instead,
+    builds that converter from the data file's folder (for side files such as relation
+    prompts)."""
+
     name: str
     relpath: str  # under the data dir ("" + bundled=True for package data)
-    convert: Callable[[loaders.Record, int], EditCase]
+    convert: Converter | None
     description: str
     bundled: bool = False
+    prepare: Callable[[Path], Converter] | None = None
+
+    def converter(self, path: Path) -> Converter:
+        if self.prepare is not None:
+            return self.prepare(path.parent)
+        assert self.convert is not None
+        return self.convert
 
 
 _SPECS = [
@@ -50,8 +63,41 @@ _SPECS = [
         "counterfact-full",
         "evoke/evoke_main.json",
         loaders.counterfact_rome,
-        "CounterFact, full ROME schema (2 paraphrases, 10 neighbours)",
+        "CounterFact, full ROME schema (EVOKE): paraphrases, 10 neighbours, distracting "
+        "neighbours, one-hop question, generation prompts",
     ),
+    DatasetSpec(
+        "counterfact-subj-spec",
+        "evoke/evoke_subj_spec.json",
+        loaders.counterfact_subject_specificity,
+        "EVOKE subject specificity: edits with another relation of the same subject",
+    ),
+    DatasetSpec(
+        "mquake",
+        "mquake/MQuAKE-CF.json",
+        multi_edit.mquake,
+        "MQuAKE-CF subset: up to 4 edits per case, multi-hop questions",
+    ),
+    *[
+        DatasetSpec(
+            f"conflict-{mode}",
+            f"pitfalls/GPT-J/{mode}_edit.json",
+            None,
+            f"ConflictEdit {mode} conflict (GPT-J split): two edits in sequence",
+            prepare=multi_edit.conflict_edit,
+        )
+        for mode in ("reverse", "composite")
+    ],
+    *[
+        DatasetSpec(
+            f"roundedit-{level}",
+            f"pitfalls/GPT-J/{level}.json",
+            None,
+            f"RoundEdit {level} (GPT-J split): o -> o* -> o on 1-to-N relations",
+            prepare=multi_edit.round_edit,
+        )
+        for level in ("easy", "hard")
+    ],
     DatasetSpec(
         "zsre",
         "zsre/zsre_mend_eval_portability_gpt4.json",
@@ -109,8 +155,23 @@ def load_dataset(
     records = loaders.read_json_records(path)
     if not records:
         raise ValueError(f"{path} holds no records")
-    convert = DATASETS[name].convert if name in DATASETS else loaders.detect_format(records[0])
+    if name in DATASETS:
+        convert = DATASETS[name].converter(path)
+    else:
+        convert = detect_format(records[0], path)
     return loaders.build_cases(records, convert, str(path), limit)
+
+
+def detect_format(record: loaders.Record, path: Path) -> Converter:
+    """The converter for a file of unknown origin, by its first record's keys."""
+    keys = set(record)
+    if "true_objects" in keys and "edit" in keys:
+        return multi_edit.round_edit(path.parent)
+    if "edits" in keys and "triples" in keys:
+        return multi_edit.conflict_edit(path.parent)
+    if "questions" in keys and isinstance(record.get("requested_rewrite"), list):
+        return multi_edit.mquake
+    return loaders.detect_format(record)
 
 
 __all__ = ["DATASETS", "DatasetSpec", "dataset_path", "load_dataset"]

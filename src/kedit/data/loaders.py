@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from kedit.data.challenges import dialogue_probes
 from kedit.types import EditCase, EditRequest, Probe, ProbeKind
 
 log = logging.getLogger(__name__)
@@ -37,14 +39,18 @@ def build_cases(
     source: str,
     limit: int | None = None,
 ) -> list[EditCase]:
-    """Convert records, skipping (and counting) the invalid ones, up to ``limit`` cases."""
+    """Convert records, skipping (and counting) the invalid ones, up to ``limit`` cases.
+
+    Single-edit cases with a known old answer also get the dialogue challenge probes
+    (:mod:`kedit.data.challenges`).
+    """
     cases: list[EditCase] = []
     skipped: list[str] = []
     for i, record in enumerate(records):
         if limit is not None and len(cases) >= limit:
             break
         try:
-            cases.append(convert(record, i))
+            cases.append(with_dialogue(convert(record, i)))
         except (ValueError, KeyError, TypeError, IndexError) as err:
             skipped.append(f"record {i}: {err}")
     if skipped:
@@ -55,6 +61,15 @@ def build_cases(
             skipped[0],
         )
     return cases
+
+
+def with_dialogue(case: EditCase) -> EditCase:
+    """``case`` plus its dialogue challenge probes, if it is a single edit with an old answer."""
+    if len(case.requests) != 1 or case.probes_of((*ProbeKind.DIALOGUE, *ProbeKind.MQUAKE)):
+        return case
+    paraphrases = case.probes_of(ProbeKind.PARAPHRASE)
+    probes = dialogue_probes(case.request, paraphrases[0].prompt if paraphrases else None)
+    return replace(case, probes=case.probes + tuple(probes)) if probes else case
 
 
 def _str_id(record: Record, index: int, key: str = "case_id") -> str:
@@ -91,7 +106,7 @@ def counterfact_rome(record: Record, index: int) -> EditCase:
         rewrite["target_true"]["str"],
     )
     neighbors = [(p, request.target_true) for p in record.get("neighborhood_prompts", [])]
-    return EditCase.single(
+    case = EditCase.single(
         _str_id(record, index),
         request,
         paraphrases=record.get("paraphrase_prompts", []),
@@ -99,6 +114,67 @@ def counterfact_rome(record: Record, index: int) -> EditCase:
         generation=record.get("generation_prompts", []),
         meta={"relation_id": rewrite.get("relation_id")},
     )
+    new, true = request.target_new, request.target_true
+    extra = [
+        Probe(
+            ProbeKind.DISTRACTING_NEIGHBORHOOD,
+            p,
+            true,
+            new,
+            reason="neighbourhood prompt after the edit statement (CounterFact+)",
+        )
+        for p in record.get("prefix_distraction", [])
+    ]
+    extra += one_hop_probes(record.get("portability"))
+    return replace(case, probes=case.probes + tuple(extra))
+
+
+def one_hop_probes(portability: Any) -> list[Probe]:
+    """EVOKE / ZsRE ``portability{New Question, New Answer[, Original Answer]}``: a question
+    answerable only through the edited fact plus one more hop."""
+    if not isinstance(portability, dict):
+        return []
+    question, answer = portability.get("New Question"), portability.get("New Answer")
+    if not (isinstance(question, str) and question.strip() and isinstance(answer, str)):
+        return []
+    if not answer.strip():
+        return []
+    original = portability.get("Original Answer") or None
+    return [
+        Probe(
+            ProbeKind.PORTABILITY_ONE_HOP,
+            question,
+            answer,
+            original if isinstance(original, str) and original.strip() else None,
+            reason="needs the edited fact plus one more hop",
+        )
+    ]
+
+
+def counterfact_subject_specificity(record: Record, index: int) -> EditCase:
+    """EVOKE's ``evoke_subj_spec``: a CounterFact-style rewrite plus one
+    ``relation_specificity{prompt, answer{value, aliases}}`` probe on another relation of the
+    same subject (the survey's Other Relations / Other Attribution)."""
+    rewrite = record["requested_rewrite"]
+    request = EditRequest(
+        rewrite["prompt"],
+        rewrite["subject"],
+        rewrite["target_new"]["str"],
+        rewrite["target_true"]["str"],
+    )
+    case = EditCase.single(
+        _str_id(record, index), request, meta={"relation": rewrite.get("relation_label")}
+    )
+    spec = record["relation_specificity"]
+    answer = spec["answer"]
+    probe = Probe(
+        ProbeKind.RELATION_SPECIFICITY,
+        spec["prompt"],
+        answer["value"],
+        aliases=tuple(answer.get("aliases") or ()),
+        reason=_LOCALITY_REASONS[ProbeKind.RELATION_SPECIFICITY],
+    )
+    return replace(case, probes=(*case.probes, probe))
 
 
 # -- ZsRE, MEND schema -------------------------------------------------------------------------
@@ -112,7 +188,9 @@ def zsre_mend(record: Record, index: int) -> EditCase:
     request = EditRequest.from_text(record["src"], record["subject"], record["alt"], true)
     locality = [(record["loc"], record["loc_ans"])] if record.get("loc") else []
     paraphrases = [record["rephrase"]] if record.get("rephrase") else []
-    return EditCase.single(_str_id(record, index), request, paraphrases, locality=locality)
+    case = EditCase.single(_str_id(record, index), request, paraphrases, locality=locality)
+    hops = one_hop_probes(record.get("portability"))
+    return replace(case, probes=case.probes + tuple(hops)) if hops else case
 
 
 # -- KnowEdit ----------------------------------------------------------------------------------
@@ -221,6 +299,8 @@ def demo(record: Record, index: int) -> EditCase:
 def detect_format(record: Record) -> Callable[[Record, int], EditCase]:
     """Pick a converter for a record of unknown origin by its keys."""
     keys = set(record)
+    if "relation_specificity" in keys and "requested_rewrite" in keys:
+        return counterfact_subject_specificity
     if "requested_rewrite" in keys:
         return counterfact_rome
     if {"src", "alt", "subject"} <= keys:
@@ -251,10 +331,13 @@ __all__ = [
     "build_cases",
     "counterfact_flat",
     "counterfact_rome",
+    "counterfact_subject_specificity",
     "demo",
     "detect_format",
     "knowedit",
     "knowedit_answers",
+    "one_hop_probes",
     "read_json_records",
+    "with_dialogue",
     "zsre_mend",
 ]

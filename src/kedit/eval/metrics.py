@@ -39,19 +39,34 @@ from kedit.types import ProbeKind
 Stage = str  # "pre" | "post"
 
 
+#: what a metric needs measured on its probes (see :class:`~kedit.eval.scoring.Needs`)
+MEASUREMENTS = ("scores", "generation", "next_token", "text", "dialogue")
+#: suites: ``core`` is the cheap default (reliability, generalization, locality, portability
+#: from teacher-forced scores and short answers); ``pitfalls`` is every registered measure
+SUITES = ("core", "pitfalls")
+
+
 @dataclass(frozen=True)
 class Metric:
-    """A registered measure of an edit."""
+    """A registered measure of an edit.
+
+    ``measure`` says what is measured on its probes, ``mid`` that it also reads scores after the
+    first of two edit steps, ``pooled`` that the summary weights each case by its number of
+    probes (a micro average, e.g. MQuAKE's edit-wise success pools all edited facts).
+    """
 
     name: str
     group: str  # reliability | generalization | locality | portability | ...
     protocol: str
     kinds: tuple[str, ...]  # probe kinds it reads
-    needs_generation: bool
+    measure: str
     paired: bool
     higher_is_better: bool
     description: str
     compute: Callable[[list[ProbeResult], Stage], float | None]
+    suites: tuple[str, ...] = SUITES
+    mid: bool = False
+    pooled: bool = False
 
     def __call__(self, results: list[ProbeResult], stage: Stage = "post") -> float | None:
         relevant = [r for r in results if r.probe.kind in self.kinds]
@@ -120,7 +135,7 @@ GEN = "generation exact match"
 AGREE = "top-1 agreement"
 
 
-def _register(
+def register(
     name: str,
     group: str,
     protocol: str,
@@ -129,7 +144,16 @@ def _register(
     compute: Callable[[list[ProbeResult], Stage], float | None],
     paired: bool = False,
     higher_is_better: bool = True,
+    measure: str | None = None,
+    suites: tuple[str, ...] = SUITES,
+    mid: bool = False,
+    pooled: bool = False,
 ) -> None:
+    """Register a metric; ``measure`` defaults to generation for the generation protocol and to
+    teacher-forced scores otherwise."""
+    measure = measure or ("generation" if protocol == GEN else "scores")
+    if measure not in MEASUREMENTS:
+        raise ValueError(f"measure must be one of {MEASUREMENTS}, got {measure!r}")
     METRICS.register(
         name,
         Metric(
@@ -137,13 +161,19 @@ def _register(
             group,
             protocol,
             kinds,
-            protocol == GEN,
+            measure,
             paired,
             higher_is_better,
             description,
             compute,
+            suites,
+            mid,
+            pooled,
         ),
     )
+
+
+_register = register
 
 
 _QUESTIONS = [
@@ -247,6 +277,7 @@ _PORTABILITY = [
     (ProbeKind.PORTABILITY_SUBJECT_ALIASING, "Subject_Aliasing (the subject's aliases)"),
     (ProbeKind.PORTABILITY_REASONING, "Reasoning (one more hop)"),
     (ProbeKind.PORTABILITY_LOGICAL_GENERALIZATION, "Logical_Generalization (implied facts)"),
+    (ProbeKind.PORTABILITY_ONE_HOP, "One Hop (EVOKE / ZsRE one-hop question)"),
 ]
 for _kind, _what in _PORTABILITY:
     _register(
@@ -254,7 +285,7 @@ for _kind, _what in _PORTABILITY:
         "portability",
         TF,
         (_kind,),
-        f"KnowEdit portability {_what}: teacher-forced token accuracy of the ground truth",
+        f"portability {_what}: teacher-forced token accuracy of the ground truth",
         token_accuracy,
     )
 _register(
@@ -262,23 +293,53 @@ _register(
     "portability",
     TF,
     ProbeKind.PORTABILITY,
-    "KnowEdit portability, all splits pooled: teacher-forced token accuracy of the ground truth",
+    "portability, all splits pooled: teacher-forced token accuracy of the ground truth",
     token_accuracy,
 )
 
 
 def needs_of(metrics: list[Metric]) -> Needs:
-    scores = {k for m in metrics for k in m.kinds}
-    generation = {k for m in metrics if m.needs_generation for k in m.kinds}
-    return Needs(frozenset(scores), frozenset(generation))
+    kinds: dict[str, set[str]] = {m: set() for m in MEASUREMENTS}
+    for metric in metrics:
+        kinds[metric.measure].update(metric.kinds)
+    mid = {k for m in metrics if m.mid for k in m.kinds}
+    return Needs(**{m: frozenset(k) for m, k in kinds.items()}, mid=frozenset(mid))
 
 
 #: the survey's order of measure groups, used for tables
-GROUP_ORDER = ("reliability", "generalization", "locality", "portability")
+GROUP_ORDER = (
+    "reliability",
+    "generalization",
+    "locality",
+    "portability",
+    "distortion",
+    "general ability",
+    "robustness",
+)
 
 
-def resolve_metrics(names: list[str] | None) -> list[Metric]:
-    """The named metrics (all registered ones when ``names`` is None), in group order."""
-    chosen = [METRICS[n] for n in (names if names is not None else METRICS.names())]
+def resolve_metrics(names: list[str] | None, suite: str = "core") -> list[Metric]:
+    """The named metrics (all of ``suite`` when ``names`` is None), in group order."""
+    if names is None and suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+    chosen = (
+        [METRICS[n] for n in names]
+        if names is not None
+        else [METRICS[n] for n in METRICS.names() if suite in METRICS[n].suites]
+    )
     rank = {g: i for i, g in enumerate(GROUP_ORDER)}
     return sorted(chosen, key=lambda m: (rank.get(m.group, len(rank)), m.name))
+
+
+def missing_probes(metrics: list[Metric], cases: list) -> dict[str, str]:
+    """Metrics none of the cases can feed, each with the reason (the probe kinds it lacks)."""
+    present = {p.kind for case in cases for p in case.probes}
+    return {
+        m.name: f"the dataset has no {' / '.join(m.kinds)} probes"
+        for m in metrics
+        if not present.intersection(m.kinds)
+    }
+
+
+# the pitfalls measures register themselves on import
+from kedit.eval import metrics_multi, metrics_pitfalls  # noqa: E402, F401

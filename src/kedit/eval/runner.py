@@ -17,7 +17,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.data import load_dataset
 from kedit.env import Environment
-from kedit.eval.metrics import Metric, needs_of, resolve_metrics
+from kedit.eval.formulas import reversion_rate_by_confidence
+from kedit.eval.metrics import Metric, missing_probes, needs_of, resolve_metrics
+from kedit.eval.metrics_pitfalls import dialogue_details
 from kedit.eval.scoring import ProbeResult, score_probes
 from kedit.methods import EditSession, make_method
 from kedit.methods.base import EditMethod, hf_module
@@ -63,19 +65,25 @@ def evaluate(
     *,
     overrides: dict[str, Any] | None = None,
     metrics: list[str] | None = None,
+    suite: str = "core",
     limit: int | None = None,
     out_dir: str | Path | None = None,
     resume: bool = False,
     env: Environment | None = None,
     progress: bool = True,
 ) -> EvalReport:
-    """Edit and score each case of ``dataset`` with ``method`` (see module docstring)."""
+    """Edit and score each case of ``dataset`` with ``method`` (see module docstring).
+
+    ``metrics`` names the measures; by default those of ``suite`` (``core``, or ``pitfalls`` for
+    every registered measure). Measures the dataset has no probes for are skipped, and the
+    summary says which and why.
+    """
     env = env if env is not None else Environment()
     cases = select_cases(dataset, env, limit)
     editor = (
         method if isinstance(method, EditMethod) else make_method(method, model, overrides, env)
     )
-    chosen = resolve_metrics(metrics)
+    chosen, skipped = choose_metrics(metrics, suite, cases)
     run = run_info(model, editor, dataset, cases, chosen, env)
     store = ResultStore(Path(out_dir)) if out_dir is not None else None
     done: dict[str, dict] = {}
@@ -97,7 +105,7 @@ def evaluate(
             chunk = pending[start : start + PRE_BATCH]
             results: dict[str, list[ProbeResult]] = {}
             t0 = time.perf_counter()
-            score_probes(base_lm, chunk, needs, "pre", results)
+            score_probes(base_lm, chunk, needs, "pre", results, env.seed)
             pre_time = (time.perf_counter() - t0) / len(chunk)
             for case in chunk:
                 row = _run_case(model, tok, case, editor, env, chosen, needs, results)
@@ -108,10 +116,28 @@ def evaluate(
                 bar.update(1)
     finally:
         bar.close()
-    summary = summarize(rows, chosen, run)
+    summary = summarize(rows, chosen, run, skipped=skipped)
     if store is not None:
         store.write_summary(summary)
     return EvalReport(summary, rows, store.root if store else None)
+
+
+def choose_metrics(
+    names: list[str] | None, suite: str, cases: list[EditCase]
+) -> tuple[list[Metric], dict[str, str]]:
+    """The metrics to compute, and those skipped because no case has probes for them (with the
+    reason, logged). A metric named explicitly that the dataset cannot feed is an error."""
+    chosen = resolve_metrics(names, suite)
+    skipped = missing_probes(chosen, cases)
+    if names is not None and skipped:
+        raise ValueError(
+            "the dataset cannot feed "
+            + "; ".join(f"{name} ({why})" for name, why in skipped.items())
+            + "; pick metrics from its probes (kedit ls metrics) or another dataset"
+        )
+    for name, why in skipped.items():
+        log.info("skipping %s: %s", name, why)
+    return [m for m in chosen if m.name not in skipped], skipped
 
 
 def select_cases(
@@ -143,22 +169,37 @@ def _run_case(
     }
     try:
         with EditSession(model, tok, env) as session:
-            if len(case.requests) == 1 or editor.supports_batch:
-                edit = session.apply(list(case.requests), editor)
-            else:
-                for request in case.requests:
-                    edit = session.apply(request, editor)
+            steps = case.edit_steps
+            post_eval = 0.0
+            for number, requests in enumerate(steps, start=1):
+                edit = apply_requests(session, requests, editor)
+                if number == 1 and len(steps) > 1 and needs.mid:
+                    t0 = time.perf_counter()
+                    score_probes(session.lm, [case], needs, "mid", results, env.seed)
+                    post_eval += time.perf_counter() - t0
             row["edit_time_s"] = sum(e.info.get("edit_time_s", 0.0) for e in session.edits)
             row["edit_info"] = _jsonable(edit.info)
             t0 = time.perf_counter()
-            score_probes(session.lm, [case], needs, "post", results)
-            row["post_eval_time_s"] = time.perf_counter() - t0
+            score_probes(session.lm, [case], needs, "post", results, env.seed)
+            row["post_eval_time_s"] = post_eval + time.perf_counter() - t0
     except Exception as err:  # one failing case must not end a run of thousands
         log.warning("case %s failed: %s", case.case_id, err)
         row["error"] = f"{type(err).__name__}: {err}"
         return row
     row["metrics"] = case_metrics(results[case.case_id], chosen)
+    details = case_details(results[case.case_id])
+    if details:
+        row["details"] = details
     return row
+
+
+def apply_requests(session: EditSession, requests: Sequence[Any], editor: EditMethod) -> Any:
+    """One edit step: all requests in one call for batch methods, else one after another."""
+    if len(requests) == 1 or editor.supports_batch:
+        return session.apply(list(requests), editor)
+    for request in requests:
+        edit = session.apply(request, editor)
+    return edit
 
 
 def case_metrics(results: list[ProbeResult], chosen: list[Metric]) -> dict[str, dict]:
@@ -167,19 +208,38 @@ def case_metrics(results: list[ProbeResult], chosen: list[Metric]) -> dict[str, 
         post = metric(results, "post")
         if post is None:
             continue
-        out[metric.name] = (
-            {"post": post} if metric.paired else {"pre": metric(results, "pre"), "post": post}
-        )
+        entry = {"post": post} if metric.paired else {"pre": metric(results, "pre"), "post": post}
+        if metric.pooled:
+            entry["n"] = sum(r.probe.kind in metric.kinds for r in results)
+        out[metric.name] = entry
     return out
+
+
+def case_details(results: list[ProbeResult]) -> dict[str, Any]:
+    """What a case's numbers alone do not show: for dialogue probes, the turns and outcomes; the
+    first sampled text about the subject (fluency), before and after."""
+    details: dict[str, Any] = {}
+    dialogue = dialogue_details(results)
+    if dialogue:
+        details["dialogue"] = dialogue
+    sampled = next((r for r in results if r.post.text is not None), None)
+    if sampled is not None:
+        details["generation_sample"] = {"pre": sampled.pre.text, "post": sampled.post.text}
+    return details
 
 
 SINGLE = "single: each case edited on the unedited model and scored right after"
 
 
 def summarize(
-    rows: list[dict], chosen: list[Metric], run: dict[str, Any], protocol: str = SINGLE
+    rows: list[dict],
+    chosen: list[Metric],
+    run: dict[str, Any],
+    protocol: str = SINGLE,
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Means over cases of each metric before and after editing."""
+    """Means over cases of each metric before and after editing (pooled metrics weight each
+    case by its number of probes), plus the analyses across cases."""
     ok = [r for r in rows if "metrics" in r]
     metrics: dict[str, dict] = {}
     for metric in chosen:
@@ -193,9 +253,9 @@ def summarize(
             "n": len(values),
         }
         for stage in ("pre", "post"):
-            stage_values = [v[stage] for v in values if v.get(stage) is not None]
-            if stage_values:
-                entry[stage] = sum(stage_values) / len(stage_values)
+            weighted = [(v[stage], v.get("n", 1)) for v in values if v.get(stage) is not None]
+            if weighted:
+                entry[stage] = sum(x * n for x, n in weighted) / sum(n for _, n in weighted)
         metrics[metric.name] = entry
     times = [r["edit_time_s"] for r in ok if "edit_time_s" in r]
     evals = [
@@ -207,9 +267,24 @@ def summarize(
         "cases": len(rows),
         "errors": len(rows) - len(ok),
         "metrics": metrics,
+        "skipped": dict(skipped or {}),
+        "analyses": analyses(ok),
         "median_edit_time_s": _median(times),
         "median_eval_time_s": _median(evals),
     }
+
+
+def analyses(rows: list[dict]) -> dict[str, Any]:
+    """Across-case analyses: dialogue reversion by the unedited model's confidence in the old
+    answer (Ma et al.: well-known facts revert more)."""
+    turns = [t for r in rows for t in r.get("details", {}).get("dialogue", [])]
+    turns = [t for t in turns if t.get("post_outcome") and t.get("confidence") is not None]
+    if not turns:
+        return {}
+    bins = reversion_rate_by_confidence(
+        [t["post_outcome"] for t in turns], [t["confidence"] for t in turns]
+    )
+    return {"dialogue_reversion_by_confidence": [asdict(b) for b in bins]}
 
 
 def _median(values: list[float]) -> float | None:

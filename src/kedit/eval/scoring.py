@@ -1,9 +1,11 @@
 """Scoring every probe of many cases with as few forward passes as possible.
 
-For each probe a metric needs, up to three things are measured on a
-:class:`~kedit.model.lm.LanguageModel`: the teacher-forced scores of its expected answer, of its
-alternative answer, and a greedy generation. All (prompt, target) pairs of all requested cases go
-through one batched ``score_targets`` call, and all generations through one ``generate`` call.
+For each probe a metric needs, these are measured on a :class:`~kedit.model.lm.LanguageModel`:
+the teacher-forced scores of its expected answer and of its alternative answer, a short greedy
+answer, the next-token distribution after its prompt (neighbourhood KL), a long sampled text
+(fluency), and, for dialogue probes, the model's own answer followed by its reply to a
+challenging follow-up turn. Every kind of measurement goes through one batched call over all
+probes of all requested cases.
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from kedit.model.lm import LanguageModel, TargetScore
 from kedit.types import EditCase, Probe
 
-#: extra tokens generated beyond the expected answer's length, so a differently tokenised but
+#: extra tokens generated beyond the longest accepted answer, so a differently tokenised but
 #: correct answer still fits
 GENERATION_SLACK = 2
+#: fluency texts: ROME's ``generate_fast`` samples 100 tokens from the top 5
+TEXT_TOKENS, TEXT_TOP_K = 100, 5
+#: dialogue: the model's first answer is cut at the end of its first clause; its reply to the
+#: follow-up gets 30 new tokens, as Ma et al. (``max_new_tokens=30``)
+ANSWER_TOKENS, REPLY_TOKENS = 8, 30
 
 
 @dataclass
@@ -27,19 +36,25 @@ class ProbeScore:
 
     expected: TargetScore | None = None
     alternative: TargetScore | None = None
-    generation: str | None = None
+    generation: str | None = None  # short greedy answer
+    next_token: torch.Tensor | None = None  # (vocab,) log-probabilities after the prompt
+    text: str | None = None  # long sampled continuation (fluency)
+    answer: str | None = None  # dialogue: the model's own first answer
+    reply: str | None = None  # dialogue: its reply to the follow-up turn
 
 
 @dataclass
 class ProbeResult:
-    """A probe with its scores before and after the edit."""
+    """A probe with its scores before the edit, after the first of several edit steps (``mid``,
+    only for cases with ``steps``) and after all of them (``post``)."""
 
     probe: Probe
     pre: ProbeScore = field(default_factory=ProbeScore)
     post: ProbeScore = field(default_factory=ProbeScore)
+    mid: ProbeScore = field(default_factory=ProbeScore)
 
     def stage(self, name: str) -> ProbeScore:
-        return self.pre if name == "pre" else self.post
+        return {"pre": self.pre, "mid": self.mid, "post": self.post}[name]
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,23 @@ class Needs:
 
     scores: frozenset[str] = frozenset()  # kinds needing teacher-forced scores
     generation: frozenset[str] = frozenset()  # kinds needing a greedy generation
+    next_token: frozenset[str] = frozenset()  # kinds needing the next-token distribution
+    text: frozenset[str] = frozenset()  # kinds needing a long sampled text
+    dialogue: frozenset[str] = frozenset()  # kinds needing answer + reply to a follow-up
+    mid: frozenset[str] = frozenset()  # kinds also scored after the first edit step
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return self.scores | self.generation | self.next_token | self.text | self.dialogue
+
+    def __or__(self, other: Needs) -> Needs:
+        return Needs(*(getattr(self, f) | getattr(other, f) for f in self.__dataclass_fields__))
+
+    def at_stage(self, stage: str) -> Needs:
+        """Only what is measured at ``stage`` (the ``mid`` stage scores the ``mid`` kinds)."""
+        if stage != "mid":
+            return self
+        return Needs(self.scores & self.mid)
 
 
 def score_probes(
@@ -56,32 +88,102 @@ def score_probes(
     needs: Needs,
     stage: str,
     results: dict[str, list[ProbeResult]],
+    seed: int = 0,
 ) -> None:
-    """Fill ``results[case_id][i].<stage>`` for every probe of ``cases`` that ``needs`` covers."""
+    """Fill ``results[case_id][i].<stage>`` for every probe of ``cases`` that ``needs`` covers.
+
+    ``seed`` seeds the sampled fluency texts, so the same model gives the same texts.
+    """
+    needs = needs.at_stage(stage)
     jobs: list[tuple[ProbeScore, Probe]] = []
     for case in cases:
         rows = results.setdefault(case.case_id, [ProbeResult(p) for p in case.probes])
         for row in rows:
-            if row.probe.kind in needs.scores or row.probe.kind in needs.generation:
+            if row.probe.kind in needs.kinds:
                 jobs.append((row.stage(stage), row.probe))
+    _score_targets(lm, jobs, needs)
+    _generate_answers(lm, [(s, p) for s, p in jobs if p.kind in needs.generation])
+    _next_tokens(lm, [(s, p) for s, p in jobs if p.kind in needs.next_token])
+    _sample_texts(lm, [(s, p) for s, p in jobs if p.kind in needs.text], seed)
+    _dialogues(lm, [(s, p) for s, p in jobs if p.kind in needs.dialogue])
+
+
+def _score_targets(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]], needs: Needs) -> None:
+    jobs = [(s, p) for s, p in jobs if p.kind in needs.scores]
     pairs: list[tuple[str, str]] = []
     slots: list[tuple[ProbeScore, str]] = []
     for score, probe in jobs:
         pairs.append((probe.prompt, probe.expected))
         slots.append((score, "expected"))
-        if probe.alternative is not None and probe.kind in needs.scores:
+        if probe.alternative is not None:
             pairs.append((probe.prompt, probe.alternative))
             slots.append((score, "alternative"))
     if pairs:
         scored = lm.score_targets([p for p, _ in pairs], [t for _, t in pairs])
         for (score, slot), value in zip(slots, scored):
             setattr(score, slot, value)
-    gen_jobs = [(s, p) for s, p in jobs if p.kind in needs.generation]
-    if gen_jobs:
-        limits = [len(s.expected.target_ids) + GENERATION_SLACK for s, _ in gen_jobs]
-        texts = lm.generate([p.prompt for _, p in gen_jobs], limits)
-        for (score, _), text in zip(gen_jobs, texts):
-            score.generation = text
+
+
+def _answer_length(lm: LanguageModel, probe: Probe) -> int:
+    """Tokens of the longest accepted answer (expected or an alias)."""
+    answers = [probe.expected, *probe.aliases]
+    return max(
+        len(lm.tokenizer(" " + a.strip(), add_special_tokens=False).input_ids) for a in answers
+    )
+
+
+def _generate_answers(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]]) -> None:
+    if not jobs:
+        return
+    limits = [_answer_length(lm, p) + GENERATION_SLACK for _, p in jobs]
+    texts = lm.generate([p.prompt for _, p in jobs], limits)
+    for (score, _), text in zip(jobs, texts):
+        score.generation = text
+
+
+def _next_tokens(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]]) -> None:
+    if not jobs:
+        return
+    logprobs = lm.next_token_logprobs([p.prompt for _, p in jobs])  # (n_prompts, vocab)
+    for (score, _), row in zip(jobs, logprobs):
+        score.next_token = row
+
+
+def _sample_texts(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]], seed: int) -> None:
+    if not jobs:
+        return
+    texts = lm.generate([p.prompt for _, p in jobs], TEXT_TOKENS, top_k=TEXT_TOP_K, seed=seed)
+    for (score, probe), text in zip(jobs, texts):
+        score.text = probe.prompt + text  # ROME scores the prompt with its continuation
+
+
+def first_clause(text: str) -> str:
+    """The text up to its first line break or sentence end, stripped."""
+    line = text.strip().split("\n", 1)[0]
+    return re.split(r"(?<=[^A-Z.])[.!?](?:\s|$)", line, maxsplit=1)[0].strip()
+
+
+def dialogue_transcript(probe: Probe, answer: str) -> str:
+    """The conversation a dialogue probe's reply continues: question, the model's own answer,
+    then the follow-up turn."""
+    return f"{probe.prompt} {answer}.{probe.followup}"
+
+
+def _dialogues(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]]) -> None:
+    if not jobs:
+        return
+    prompts = [p.prompt for _, p in jobs]
+    # the model's confidence in the old answer, for reversion by confidence
+    for (score, _), old in zip(jobs, lm.score_targets(prompts, [p.alternative for _, p in jobs])):
+        score.alternative = old
+    answers = lm.generate(prompts, ANSWER_TOKENS)
+    transcripts = []
+    for (score, probe), raw in zip(jobs, answers):
+        score.answer = first_clause(raw)
+        transcripts.append(dialogue_transcript(probe, score.answer))
+    replies = lm.generate(transcripts, REPLY_TOKENS)
+    for (score, _), reply in zip(jobs, replies):
+        score.reply = reply
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

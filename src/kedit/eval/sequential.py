@@ -31,12 +31,14 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.env import Environment
 from kedit.eval.general import GENERAL_TASKS, general_ability
-from kedit.eval.metrics import needs_of, resolve_metrics
+from kedit.eval.metrics import needs_of
 from kedit.eval.runner import (
     PRE_BATCH,
     EvalReport,
     ResultStore,
+    case_details,
     case_metrics,
+    choose_metrics,
     row_key,
     run_info,
     select_cases,
@@ -63,6 +65,7 @@ def evaluate_sequential(
     scoring: Scoring = "final",
     overrides: dict[str, Any] | None = None,
     metrics: list[str] | None = None,
+    suite: str = "core",
     out_dir: str | Path | None = None,
     resume: bool = False,
     env: Environment | None = None,
@@ -95,7 +98,8 @@ def evaluate_sequential(
         else sorted({k for k in checkpoints if 0 < k <= n_edits} | {n_edits})
     )
     points = list(checkpoint_list)  # consumed as the edits go
-    chosen = resolve_metrics(metrics)
+    chosen, skipped = choose_metrics(metrics, suite, cases)
+    chosen = [m for m in chosen if not m.mid]  # no intermediate step between sequential edits
     needs = needs_of(chosen)
     run = run_info(model, editor, dataset, cases, chosen, env)
     run["protocol"] = {
@@ -115,7 +119,7 @@ def evaluate_sequential(
     results: dict[str, list[ProbeResult]] = {}
     base_lm = as_language_model(model, tok)
     for start in range(0, len(cases), PRE_BATCH):
-        score_probes(base_lm, cases[start : start + PRE_BATCH], needs, "pre", results)
+        score_probes(base_lm, cases[start : start + PRE_BATCH], needs, "pre", results, env.seed)
 
     def measure_general(lm: Any, edited: int) -> None:
         if general and row_key({"case_id": "general", "checkpoint": edited}) not in done:
@@ -152,7 +156,7 @@ def evaluate_sequential(
                 points.pop(0)
                 to_score = cases[:edited]
             rows += _score(
-                session, to_score, edited, needs, chosen, results, edit_info, done, store
+                session, to_score, edited, needs, chosen, results, edit_info, done, store, env.seed
             )
             if at_checkpoint or edited == n_edits:
                 measure_general(session.lm, edited)
@@ -166,7 +170,7 @@ def evaluate_sequential(
     for row in rows:
         by_point.setdefault(row["checkpoint"], []).append(row)
     last = rows if scoring == "immediate" else by_point.get(n_edits, [])
-    summary = summarize(last, chosen, run, protocol)
+    summary = summarize(last, chosen, run, protocol, skipped)
     summary["checkpoints"] = {
         str(k): summarize(by_point[k], chosen, run, protocol)["metrics"] for k in sorted(by_point)
     }
@@ -200,13 +204,14 @@ def _score(
     edit_info: dict[str, dict],
     done: dict[str, dict],
     store: ResultStore | None,
+    seed: int,
 ) -> list[dict]:
     """Score the cases not yet scored at this number of edits, and write their rows."""
     todo = [c for c in cases if row_key({"case_id": c.case_id, "checkpoint": edited}) not in done]
     if not todo:
         return []
     t0 = time.perf_counter()
-    score_probes(session.lm, todo, needs, "post", results)
+    score_probes(session.lm, todo, needs, "post", results, seed)
     elapsed = (time.perf_counter() - t0) / len(todo)
     rows = []
     for case in todo:
@@ -218,6 +223,9 @@ def _score(
             "post_eval_time_s": elapsed,
             "metrics": case_metrics(results[case.case_id], chosen),
         }
+        details = case_details(results[case.case_id])
+        if details:
+            row["details"] = details
         rows.append(row)
         if store is not None:
             store.append(row)

@@ -107,8 +107,14 @@ class InContextLM:
     def score_targets(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
         return self.base.score_targets(self.contextualise(prompts), targets)
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int]) -> list[str]:
-        return self.base.generate(self.contextualise(prompts), max_new_tokens)
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int | Sequence[int],
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> list[str]:
+        return self.base.generate(self.contextualise(prompts), max_new_tokens, top_k, seed)
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> torch.Tensor:
         return self.base.next_token_logprobs(self.contextualise(prompts))

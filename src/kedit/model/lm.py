@@ -61,8 +61,14 @@ class LanguageModel(Protocol):
         """Teacher-forced log-probabilities of each target after its prompt."""
         ...
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int]) -> list[str]:
-        """Greedy continuations (text only, without the prompt)."""
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int | Sequence[int],
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Greedy continuations (text only, without the prompt), or seeded top-k samples."""
         ...
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> torch.Tensor:

@@ -1,0 +1,225 @@
+"""Loaders for benchmarks whose cases hold several edits: MQuAKE, ConflictEdit, RoundEdit.
+
+ConflictEdit and RoundEdit (Li et al. 2024) score each fact over its rewrite prompt plus ten
+prompts of its relation, read from ``conflict_prompts.json`` / ``round_prompts.json`` next to
+the data file; :func:`conflict_edit` and :func:`round_edit` take that file's folder and return
+the record converter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kedit.types import SUBJECT_SLOT, EditCase, EditRequest, Probe, ProbeKind
+
+Record = dict[str, Any]
+Converter = Callable[[Record, int], EditCase]
+
+# -- MQuAKE ------------------------------------------------------------------------------------
+
+#: demonstrations for the multi-hop questions (a base model needs the Q/A format shown); facts
+#: chosen to be stable and unrelated to MQuAKE's edits
+MULTI_HOP_SHOTS = (
+    ("What is the capital of the country where the Eiffel Tower is located?", "Paris"),
+    ("What is the official language of the country where Mount Fuji is located?", "Japanese"),
+    ("On which continent is the country whose capital is Nairobi?", "Africa"),
+    ("What currency is used in the country where the Colosseum is located?", "Euro"),
+)
+
+
+def multi_hop_prompt(question: str) -> str:
+    """``question`` after the few-shot demonstrations, ending where the answer goes."""
+    shots = "".join(f"Q: {q}\nA: {a}\n" for q, a in MULTI_HOP_SHOTS)
+    return f"{shots}Q: {question}\nA:"
+
+
+def _aliases(values: Any) -> tuple[str, ...]:
+    return tuple(v for v in values or () if isinstance(v, str) and v.strip())
+
+
+def mquake(record: Record, index: int) -> EditCase:
+    """MQuAKE: ``requested_rewrite[]`` applied together; probes for edit-wise success (each
+    edit's cloze), instance-wise accuracy (each hop of ``new_single_hops`` by its cloze) and
+    multi-hop accuracy (each of ``questions``, with the new and with the original answer)."""
+    requests = tuple(
+        EditRequest(r["prompt"], r["subject"], r["target_new"]["str"], r["target_true"]["str"])
+        for r in record["requested_rewrite"]
+    )
+    hops = record.get("new_single_hops") or []
+    aliases_by_cloze = {h["cloze"]: _aliases(h.get("answer_alias")) for h in hops}
+    probes = [
+        Probe(
+            ProbeKind.EDITED_HOP,
+            r.text,
+            r.target_new,
+            r.target_true,
+            aliases_by_cloze.get(r.text, ()),
+            "an edited fact, asked by its cloze statement",
+        )
+        for r in requests
+    ]
+    probes += [
+        Probe(
+            ProbeKind.NEW_CHAIN_HOP,
+            h["cloze"],
+            h["answer"],
+            aliases=_aliases(h.get("answer_alias")),
+            reason="one hop of the new reasoning chain",
+        )
+        for h in hops
+    ]
+    for question in record["questions"]:
+        prompt = multi_hop_prompt(question)
+        probes.append(
+            Probe(
+                ProbeKind.MULTI_HOP,
+                prompt,
+                record["new_answer"],
+                record.get("answer"),
+                _aliases(record.get("new_answer_alias")),
+                "multi-hop question through the edited facts; expects the new answer",
+            )
+        )
+        probes.append(
+            Probe(
+                ProbeKind.MULTI_HOP_ORIGINAL,
+                prompt,
+                record["answer"],
+                aliases=_aliases(record.get("answer_alias")),
+                reason="the same question; the original answer should be gone after editing",
+            )
+        )
+    return EditCase(str(record.get("case_id", index)), requests, tuple(probes))
+
+
+# -- ConflictEdit and RoundEdit ----------------------------------------------------------------
+
+
+def relation_prompts(path: Path) -> dict[str, list[str]]:
+    """Relation id -> prompt templates (``{}`` for the subject), validated."""
+    prompts = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(prompts, dict):
+        raise ValueError(f"{path}: expected a mapping of relation ids to prompt lists")
+    return {rel: [p for p in ps if p.count(SUBJECT_SLOT) == 1] for rel, ps in prompts.items()}
+
+
+def _request(edit: Record) -> EditRequest:
+    return EditRequest(
+        edit["relation"]["prompt"],
+        edit["subject"]["label"],
+        edit["new_object"]["label"],
+        edit["object"]["label"],
+    )
+
+
+def fact_probes(
+    kind: str,
+    relation: Record,
+    subject: str,
+    obj: str,
+    prompts: dict[str, list[str]],
+    reason: str,
+    fact: str = "",
+) -> list[Probe]:
+    """One probe per prompt of ``relation`` (its own prompt, then the relation's prompts),
+    subject filled in, all expecting ``obj``."""
+    templates = [relation["prompt"], *prompts.get(relation["id"], [])]
+    return [
+        Probe(kind, t.replace(SUBJECT_SLOT, subject, 1), obj, reason=reason, fact=fact)
+        for t in dict.fromkeys(templates)
+    ]
+
+
+def conflict_edit(folder: Path) -> Converter:
+    """ConflictEdit reverse or composite records: ``edits[0]`` then ``edits[1]`` as two steps."""
+    prompts = relation_prompts(folder / "conflict_prompts.json")
+
+    def convert(record: Record, index: int) -> EditCase:
+        first, second = record["edits"][:2]
+        kind = record.get("type")
+        if kind not in ("reverse", "composite"):
+            raise ValueError(f"ConflictEdit type {kind!r}: only reverse and composite conflict")
+        old = first["new_object"]["label"]
+        probes = fact_probes(
+            ProbeKind.CONFLICT_OLD,
+            first["relation"],
+            first["subject"]["label"],
+            old,
+            prompts,
+            "the first edit's fact (k_old)",
+        )
+        probes += fact_probes(
+            ProbeKind.CONFLICT_EXPLICIT,
+            second["relation"],
+            second["subject"]["label"],
+            second["new_object"]["label"],
+            prompts,
+            "the second edit's fact (explicit k_new)",
+        )
+        if kind == "reverse":  # (s', r, o1): the first relation with the second edit's subject
+            implied = (first["relation"], second["new_object"]["label"], old)
+        else:  # the first edit's subject and relation take the second edit's object
+            implied = (first["relation"], first["subject"]["label"], second["new_object"]["label"])
+        probes += fact_probes(
+            ProbeKind.CONFLICT_IMPLICIT, *implied, prompts, "the fact both edits imply"
+        )
+        if kind == "composite":
+            tied = record["triples"][0]
+            probes += fact_probes(
+                ProbeKind.TIED_FACT,
+                tied["relation"],
+                tied["subject"]["label"],
+                tied["object"]["label"],
+                prompts,
+                "the rule's other premise, which no edit touches",
+            )
+        return EditCase(
+            str(index),
+            (_request(first), _request(second)),
+            tuple(probes),
+            {"type": kind, "rule": record.get("rule")},
+            steps=(1, 1),
+        )
+
+    return convert
+
+
+def round_edit(folder: Path) -> Converter:
+    """RoundEdit records: o -> o* then o* -> o as two steps; probes for o*, o and every other
+    true object of the 1-to-N relation, over the relation's prompts."""
+    prompts = relation_prompts(folder / "round_prompts.json")
+
+    def convert(record: Record, index: int) -> EditCase:
+        edit = record["edit"]
+        there = _request(edit)
+        back = EditRequest(there.prompt, there.subject, there.target_true, there.target_new)
+        relation, subject = edit["relation"], there.subject
+        probes = fact_probes(
+            ProbeKind.ROUND_NEW, relation, subject, there.target_new, prompts, "o*, edited in"
+        )
+        probes += fact_probes(
+            ProbeKind.ROUND_TRUE, relation, subject, there.target_true, prompts, "o, edited back"
+        )
+        others = dict.fromkeys(
+            o["label"] for o in record["true_objects"] if o["label"] != there.target_true
+        )
+        if not others:
+            raise ValueError("RoundEdit record without another true object")
+        for label in others:
+            probes += fact_probes(
+                ProbeKind.ROUND_OTHER,
+                relation,
+                subject,
+                label,
+                prompts,
+                "another true object; its probability should not fall",
+                fact=label,
+            )
+        return EditCase(
+            str(index), (there, back), tuple(probes), {"type": record.get("type")}, steps=(1, 1)
+        )
+
+    return convert
