@@ -88,6 +88,10 @@ DIALOGUE = set(ProbeKind.DIALOGUE)
             {ProbeKind.CONFLICT_OLD, ProbeKind.CONFLICT_EXPLICIT, ProbeKind.CONFLICT_IMPLICIT},
         ),
         ("conflict-composite", set(ProbeKind.CONFLICT)),
+        (
+            "reversed-relation",
+            {ProbeKind.REWRITE, ProbeKind.PORTABILITY_REVERSED_RELATION, *DIALOGUE},
+        ),
         ("roundedit-easy", set(ProbeKind.ROUND)),
         ("roundedit-hard", set(ProbeKind.ROUND)),
     ],

@@ -11,7 +11,13 @@ from kedit.data.loaders import (
     counterfact_subject_specificity,
     zsre_mend,
 )
-from kedit.data.multi_edit import conflict_edit, mquake, multi_hop_prompt, round_edit
+from kedit.data.multi_edit import (
+    conflict_edit,
+    mquake,
+    multi_hop_prompt,
+    reversed_relation,
+    round_edit,
+)
 from kedit.types import ProbeKind
 
 
@@ -99,6 +105,14 @@ def test_conflict_reverse_case(pitfalls_dir):
         ("Eve was fathered by", "Carl"),
     ]
     assert not case.probes_of(ProbeKind.TIED_FACT)
+    # Reversed Relation: the first edit alone, asked through the inverse relation
+    single = reversed_relation(pitfalls_dir)(record, 3)
+    assert [r.target_new for r in single.requests] == ["Carl"]
+    backwards = single.probes_of(ProbeKind.PORTABILITY_REVERSED_RELATION)
+    assert [(p.prompt, p.expected) for p in backwards] == [
+        ("The child of Carl is", "Ann"),
+        ("Carl's child is", "Ann"),
+    ]
     with pytest.raises(ValueError, match="only reverse and composite"):
         conflict_edit(pitfalls_dir)({**record, "type": "coverage"}, 0)
 

@@ -135,3 +135,44 @@ def test_ike_on_the_real_model(smol):
     direct = base.score_targets(wrapper.contextualise(prompts), ["Rome", "Paris"])
     assert edit.lm.score_targets(prompts, ["Rome", "Paris"]) == direct
     assert edit.lm.generate(prompts, 2) == base.generate(wrapper.contextualise(prompts), 2)
+
+
+def test_pitfalls_measures_on_real_benchmarks(smol):
+    model, tok, env = smol
+    round_trip = kedit.evaluate(
+        model,
+        tok,
+        "roundedit-easy",
+        "rome",
+        limit=1,
+        metrics=["round_edit_success", "knowledge_distortion_js", "ignore_rate"],
+        env=env,
+        progress=False,
+    ).summary["metrics"]
+    # o -> o* then back: both edits take, and the true objects' distribution moves a little
+    assert round_trip["round_edit_success"]["post"] == 1.0
+    assert 0.0 <= round_trip["knowledge_distortion_js"]["post"] < 0.693
+    multi = kedit.evaluate(
+        model,
+        tok,
+        "mquake",
+        "rome",
+        limit=1,
+        metrics=["mquake_edit_wise_success", "mquake_multi_hop_accuracy"],
+        env=env,
+        progress=False,
+    ).summary["metrics"]
+    # Ellie Kemper -> Croatia: the edited fact is recalled, the unedited model never said it
+    assert multi["mquake_edit_wise_success"] == {**multi["mquake_edit_wise_success"], "pre": 0.0}
+    assert multi["mquake_edit_wise_success"]["post"] == 1.0
+
+
+def test_audit_of_the_eiffel_tower_edit(smol):
+    model, tok, env = smol
+    report = kedit.audit(model, tok, EIFFEL, "rome", env=env)
+    metrics = report.summary["metrics"]
+    assert metrics["efficacy_score"]["post"] == 1.0
+    for name in ("neighborhood_kl", "distracting_neighborhood_kl", "fluency_ngram_entropy"):
+        assert name in metrics
+    # the edit holds in more follow-up turns than the unedited model gave the new answer
+    assert metrics["dialogue_kept_rate"]["post"] > metrics["dialogue_kept_rate"]["pre"]

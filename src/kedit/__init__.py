@@ -9,6 +9,7 @@ Example:
 from kedit.api import edit, evaluate, load_model
 from kedit.data import DATASETS, load_dataset
 from kedit.env import Environment
+from kedit.eval.audit import audit
 from kedit.eval.metrics import METRICS
 from kedit.eval.runner import EvalReport
 from kedit.methods import METHODS, Edit, EditMethod, EditSession
@@ -35,6 +36,7 @@ __all__ = [
     "Probe",
     "ProbeKind",
     "arch_of",
+    "audit",
     "edit",
     "evaluate",
     "load_dataset",

@@ -31,6 +31,8 @@ class ProbeKind:
     FORGETFULNESS = "forgetfulness"  # other objects of a one-to-many edited relation
     # one-hop question built on the edited fact (EVOKE / ZsRE portability, Yao et al. 2023b)
     PORTABILITY_ONE_HOP = "portability_one_hop"
+    # the edited fact asked in the reverse direction (s, r, o*) -> (o*, r', s)
+    PORTABILITY_REVERSED_RELATION = "portability_reversed_relation"
     # a neighbourhood prompt with the edit statement prefixed (CounterFact+ / Distract Neighbor)
     DISTRACTING_NEIGHBORHOOD = "distracting_neighborhood"
     # MQuAKE: multi-hop questions (new and original answer), and the single hops of the new chain
@@ -57,6 +59,7 @@ class ProbeKind:
         PORTABILITY_REASONING,
         PORTABILITY_LOGICAL_GENERALIZATION,
         PORTABILITY_ONE_HOP,
+        PORTABILITY_REVERSED_RELATION,
     )
     MQUAKE = (MULTI_HOP, MULTI_HOP_ORIGINAL, EDITED_HOP, NEW_CHAIN_HOP)
     CONFLICT = (CONFLICT_OLD, CONFLICT_EXPLICIT, CONFLICT_IMPLICIT, TIED_FACT)

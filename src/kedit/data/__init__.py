@@ -88,6 +88,14 @@ _SPECS = [
         )
         for mode in ("reverse", "composite")
     ],
+    DatasetSpec(
+        "reversed-relation",
+        "pitfalls/GPT-J/reverse_edit.json",
+        None,
+        "Reversed Relation portability: ConflictEdit's reverse edits, first edit only, asked "
+        "through the inverse relation",
+        prepare=multi_edit.reversed_relation,
+    ),
     *[
         DatasetSpec(
             f"roundedit-{level}",

@@ -187,6 +187,31 @@ def conflict_edit(folder: Path) -> Converter:
     return convert
 
 
+def reversed_relation(folder: Path) -> Converter:
+    """Reversed Relation portability from ConflictEdit's reverse records: the first edit
+    ``(s, r, o -> o*)`` alone, asked backwards through the inverse relation of the second edit,
+    ``(o*, r', ?)``, which should now answer ``s``."""
+    prompts = relation_prompts(folder / "conflict_prompts.json")
+
+    def convert(record: Record, index: int) -> EditCase:
+        first, second = record["edits"][:2]
+        request = _request(first)
+        if second["subject"]["label"] != request.target_new:
+            raise ValueError("the second edit does not start from the first edit's new object")
+        probes = [Probe(ProbeKind.REWRITE, request.text, request.target_new, request.target_true)]
+        probes += fact_probes(
+            ProbeKind.PORTABILITY_REVERSED_RELATION,
+            second["relation"],
+            request.target_new,
+            request.subject,
+            prompts,
+            "the edited fact asked through the inverse relation",
+        )
+        return EditCase(str(index), (request,), tuple(probes), {"rule": record.get("rule")})
+
+    return convert
+
+
 def round_edit(folder: Path) -> Converter:
     """RoundEdit records: o -> o* then o* -> o as two steps; probes for o*, o and every other
     true object of the 1-to-N relation, over the relation's prompts."""

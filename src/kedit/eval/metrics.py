@@ -278,6 +278,7 @@ _PORTABILITY = [
     (ProbeKind.PORTABILITY_REASONING, "Reasoning (one more hop)"),
     (ProbeKind.PORTABILITY_LOGICAL_GENERALIZATION, "Logical_Generalization (implied facts)"),
     (ProbeKind.PORTABILITY_ONE_HOP, "One Hop (EVOKE / ZsRE one-hop question)"),
+    (ProbeKind.PORTABILITY_REVERSED_RELATION, "Reversed Relation (the edit asked backwards)"),
 ]
 for _kind, _what in _PORTABILITY:
     _register(

@@ -11,12 +11,12 @@ probes of all requested cases.
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from kedit.eval.formulas.mquake import normalize_answer
 from kedit.model.lm import LanguageModel, TargetScore
 from kedit.types import EditCase, Probe
 
@@ -184,16 +184,6 @@ def _dialogues(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]]) -> None:
     replies = lm.generate(transcripts, REPLY_TOKENS)
     for (score, _), reply in zip(jobs, replies):
         score.reply = reply
-
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD-style normalisation: lower case, no punctuation or articles, single spaces."""
-    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCT))
-    return " ".join(text.split())
 
 
 def generation_matches(generation: str, answers: Iterable[str]) -> bool:
