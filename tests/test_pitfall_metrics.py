@@ -203,10 +203,17 @@ def test_dialogue_rates_and_reversion_by_confidence():
         "kept",
         "confused",
     ]
+    # confidence quartiles of (0.9, 0.9, 0.1): edges 0.1 and 0.9, one bin holding all three
     bins = analyses([row])["dialogue_reversion_by_confidence"]
-    assert [(b["count"], b["reversion_rate"]) for b in bins] == [
-        (1, 0.0),
-        (0, None),
-        (0, None),
-        (2, 0.5),
+    assert [(round(b["low"], 6), round(b["high"], 6), b["count"]) for b in bins] == [(0.1, 0.9, 3)]
+    row["details"]["dialogue"] += [
+        {"confidence": 0.5, "post_outcome": "kept"},
+        {"confidence": 0.7, "post_outcome": "reverted"},
+    ]
+    # confidences 0.1 0.5 0.7 0.9 0.9: quartile edges 0.1, 0.5, 0.7, 0.9
+    bins = analyses([row])["dialogue_reversion_by_confidence"]
+    assert [(round(b["low"], 6), b["count"], b["reversion_rate"]) for b in bins] == [
+        (0.1, 1, 0.0),
+        (0.5, 1, 0.0),
+        (0.7, 3, 2 / 3),
     ]

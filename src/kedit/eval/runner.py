@@ -276,14 +276,20 @@ def summarize(
 
 def analyses(rows: list[dict]) -> dict[str, Any]:
     """Across-case analyses: dialogue reversion by the unedited model's confidence in the old
-    answer (Ma et al.: well-known facts revert more)."""
+    answer (Ma et al.: well-known facts revert more), in confidence quartiles, since a small
+    model's probabilities crowd near zero where fixed bins would put every reply in one."""
     turns = [t for r in rows for t in r.get("details", {}).get("dialogue", [])]
     turns = [t for t in turns if t.get("post_outcome") and t.get("confidence") is not None]
     if not turns:
         return {}
-    bins = reversion_rate_by_confidence(
-        [t["post_outcome"] for t in turns], [t["confidence"] for t in turns]
-    )
+    confidences = [t["confidence"] for t in turns]
+    ordered = sorted(confidences)
+    quartiles = [ordered[round(q * (len(ordered) - 1))] for q in (0, 0.25, 0.5, 0.75, 1)]
+    edges = sorted(set(quartiles))
+    if len(edges) < 2:  # every reply at one confidence: one bin
+        edges = [0.0, 1.0]
+    outcomes = [t["post_outcome"] for t in turns]
+    bins = reversion_rate_by_confidence(outcomes, confidences, edges)
     return {"dialogue_reversion_by_confidence": [asdict(b) for b in bins]}
 
 
