@@ -168,3 +168,27 @@ def test_audit_writes_its_own_probes(tokenizer, env):
     assert row["requests"][0]["target_true"] and row["requests"][0]["target_true"] != "Rome"
     groups = {m["group"] for m in report.summary["metrics"].values()}
     assert {"reliability", "generalization", "locality", "general ability", "robustness"} <= groups
+
+
+def test_sequential_run_with_the_pitfalls_suite(tokenizer, env):
+    from kedit.eval.sequential import evaluate_sequential
+
+    model = tiny_model("llama")
+    before = snapshot(model)
+    report = evaluate_sequential(
+        model,
+        tokenizer,
+        load_dataset("demo", limit=2),
+        "ft-m",
+        n_edits=2,
+        checkpoints=[1],
+        overrides=TINY["ft-m"],
+        suite="pitfalls",
+        env=env,
+        progress=False,
+    )
+    assert_same_state(model, before)
+    metrics = report.summary["metrics"]
+    assert {"neighborhood_kl", "dialogue_kept_rate", "fluency_ngram_entropy"} <= set(metrics)
+    assert set(report.summary["checkpoints"]) == {"1", "2"}
+    assert all("details" in r for r in report.rows)

@@ -357,6 +357,7 @@ class ResultStore:
         "stats_corpus",
         "seed",
         "protocol",
+        "metrics",
     )
 
     def __init__(self, root: Path) -> None:

@@ -72,9 +72,6 @@ class Needs:
     def kinds(self) -> frozenset[str]:
         return self.scores | self.generation | self.next_token | self.text | self.dialogue
 
-    def __or__(self, other: Needs) -> Needs:
-        return Needs(*(getattr(self, f) | getattr(other, f) for f in self.__dataclass_fields__))
-
     def at_stage(self, stage: str) -> Needs:
         """Only what is measured at ``stage`` (the ``mid`` stage scores the ``mid`` kinds)."""
         if stage != "mid":
