@@ -22,8 +22,8 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def format_summary(report: EvalReport) -> str:
-    """Metrics before and after editing, grouped as the survey groups them."""
+def format_metrics(report: EvalReport) -> str:
+    """The table of measures before and after editing, in group order."""
     s = report.summary
     rows = [
         (
@@ -37,6 +37,12 @@ def format_summary(report: EvalReport) -> str:
         )
         for name, group, protocol, pre, post, n in report.table()
     ]
+    return format_table(("metric", "group", "protocol", "better", "before", "after", "n"), rows)
+
+
+def format_summary(report: EvalReport) -> str:
+    """Metrics before and after editing, grouped as the survey groups them."""
+    s = report.summary
     head = (
         f"{s['run']['method']} on {s['run']['dataset']} ({s['run']['model']}): "
         f"{s['cases']} cases, {s['errors']} errors; {s['protocol']}"
@@ -45,8 +51,7 @@ def format_summary(report: EvalReport) -> str:
         f"median edit time {_fmt(s['median_edit_time_s'])} s, "
         f"median evaluation time per case {_fmt(s['median_eval_time_s'])} s"
     )
-    table = format_table(("metric", "group", "protocol", "better", "before", "after", "n"), rows)
-    out = f"{head}\n\n{table}\n\n{times}"
+    out = f"{head}\n\n{format_metrics(report)}\n\n{times}"
     if s.get("skipped"):
         out += "\n\nskipped (the dataset cannot feed them):\n" + "\n".join(
             f"  {name}: {why}" for name, why in s["skipped"].items()
@@ -152,7 +157,7 @@ def format_report_card(report: EvalReport) -> str:
         f"audit of {report.summary['run']['method']}: {text} "
         f"{request['target_true']!r} -> {request['target_new']!r}"
     )
-    out = [head, "", format_summary(report).split("\n\n", 1)[1]]
+    out = [head, "", format_metrics(report)]
     details = row.get("details", {})
     for turn in details.get("dialogue", []):
         out.append(
@@ -163,4 +168,8 @@ def format_report_card(report: EvalReport) -> str:
     sample = details.get("generation_sample")
     if sample:
         out.append(f"\nsampled text after the edit:\n  {sample['post'][:300]!r}")
+    out.append(
+        f"\nedit time {_fmt(row.get('edit_time_s'))} s; the benchmark measures (portability, "
+        "conflicts, distortion) run with kedit eval --suite pitfalls"
+    )
     return "\n".join(out)
