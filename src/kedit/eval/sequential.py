@@ -99,7 +99,10 @@ def evaluate_sequential(
     )
     points = list(checkpoint_list)  # consumed as the edits go
     chosen, skipped = choose_metrics(metrics, suite, cases)
-    chosen = [m for m in chosen if not m.mid]  # no intermediate step between sequential edits
+    for metric in chosen:
+        if metric.mid:
+            skipped[metric.name] = "it reads a case's first edit step, which sequential runs skip"
+    chosen = [m for m in chosen if not m.mid]
     needs = needs_of(chosen)
     run = run_info(model, editor, dataset, cases, chosen, env)
     run["protocol"] = {
