@@ -192,3 +192,16 @@ def test_sequential_run_with_the_pitfalls_suite(tokenizer, env):
     assert {"neighborhood_kl", "dialogue_kept_rate", "fluency_ngram_entropy"} <= set(metrics)
     assert set(report.summary["checkpoints"]) == {"1", "2"}
     assert all("details" in r for r in report.rows)
+
+
+def test_probes_sharing_a_question_ask_it_once(tokenizer):
+    request = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
+    probes = tuple(dialogue_probes(request))  # three follow-ups after the same question
+    lm = RecordingLM(tokenizer, [" Rome.", " Rome"])
+    results = {}
+    needs = needs_of([METRICS["dialogue_kept_rate"]])
+    score_probes(lm, [EditCase("d", (request,), probes)], needs, "post", results)
+    questions, replies = lm.asked
+    assert questions[0] == [request.text]  # one answer, shared by the three probes
+    assert len(replies[0]) == 3 and len(set(replies[0])) == 3
+    assert [r.post.answer for r in results["d"]] == ["Rome"] * 3

@@ -95,16 +95,22 @@ def counterfact_flat(record: Record, index: int) -> EditCase:
 # -- CounterFact, full ROME schema ------------------------------------------------------------
 
 
-def counterfact_rome(record: Record, index: int) -> EditCase:
-    """``requested_rewrite{prompt, subject, target_new{str}, target_true{str}}`` plus
-    ``paraphrase_prompts``, ``neighborhood_prompts``, ``generation_prompts``."""
-    rewrite = record["requested_rewrite"]
-    request = EditRequest(
+def rome_request(rewrite: Record) -> EditRequest:
+    """A ``requested_rewrite{prompt, subject, target_new{str}, target_true{str}}`` (the ROME
+    schema, also used by EVOKE and MQuAKE)."""
+    return EditRequest(
         rewrite["prompt"],
         rewrite["subject"],
         rewrite["target_new"]["str"],
         rewrite["target_true"]["str"],
     )
+
+
+def counterfact_rome(record: Record, index: int) -> EditCase:
+    """``requested_rewrite{prompt, subject, target_new{str}, target_true{str}}`` plus
+    ``paraphrase_prompts``, ``neighborhood_prompts``, ``generation_prompts``."""
+    rewrite = record["requested_rewrite"]
+    request = rome_request(rewrite)
     neighbors = [(p, request.target_true) for p in record.get("neighborhood_prompts", [])]
     case = EditCase.single(
         _str_id(record, index),
@@ -156,12 +162,7 @@ def counterfact_subject_specificity(record: Record, index: int) -> EditCase:
     ``relation_specificity{prompt, answer{value, aliases}}`` probe on another relation of the
     same subject (the survey's Other Relations / Other Attribution)."""
     rewrite = record["requested_rewrite"]
-    request = EditRequest(
-        rewrite["prompt"],
-        rewrite["subject"],
-        rewrite["target_new"]["str"],
-        rewrite["target_true"]["str"],
-    )
+    request = rome_request(rewrite)
     case = EditCase.single(
         _str_id(record, index), request, meta={"relation": rewrite.get("relation_label")}
     )
@@ -338,6 +339,7 @@ __all__ = [
     "knowedit_answers",
     "one_hop_probes",
     "read_json_records",
+    "rome_request",
     "with_dialogue",
     "zsre_mend",
 ]

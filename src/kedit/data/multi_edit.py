@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kedit.data.loaders import rome_request
 from kedit.types import SUBJECT_SLOT, EditCase, EditRequest, Probe, ProbeKind
 
 Record = dict[str, Any]
@@ -44,10 +45,7 @@ def mquake(record: Record, index: int) -> EditCase:
     """MQuAKE: ``requested_rewrite[]`` applied together; probes for edit-wise success (each
     edit's cloze), instance-wise accuracy (each hop of ``new_single_hops`` by its cloze) and
     multi-hop accuracy (each of ``questions``, with the new and with the original answer)."""
-    requests = tuple(
-        EditRequest(r["prompt"], r["subject"], r["target_new"]["str"], r["target_true"]["str"])
-        for r in record["requested_rewrite"]
-    )
+    requests = tuple(rome_request(r) for r in record["requested_rewrite"])
     hops = record.get("new_single_hops") or []
     aliases_by_cloze = {h["cloze"]: _aliases(h.get("answer_alias")) for h in hops}
     probes = [

@@ -173,9 +173,6 @@ def register(
     )
 
 
-_register = register
-
-
 _QUESTIONS = [
     ("reliability", (ProbeKind.REWRITE,), "efficacy", "rewrite", "the edit prompt itself"),
     (
@@ -187,7 +184,7 @@ _QUESTIONS = [
     ),
 ]
 for _group, _kinds, _score, _prefix, _what in _QUESTIONS:
-    _register(
+    register(
         f"{_score}_score",
         _group,
         PROB,
@@ -195,7 +192,7 @@ for _group, _kinds, _score, _prefix, _what in _QUESTIONS:
         f"share of {_what} where P(new) > P(old)",
         prob_comparison,
     )
-    _register(
+    register(
         f"{_score}_magnitude",
         _group,
         MAG,
@@ -203,7 +200,7 @@ for _group, _kinds, _score, _prefix, _what in _QUESTIONS:
         f"mean P(new) - P(old) on {_what}",
         prob_magnitude,
     )
-    _register(
+    register(
         f"{_prefix}_token_acc",
         _group,
         TF,
@@ -211,7 +208,7 @@ for _group, _kinds, _score, _prefix, _what in _QUESTIONS:
         f"teacher-forced token accuracy of the new answer on {_what}",
         token_accuracy,
     )
-    _register(
+    register(
         f"{_prefix}_gen_match",
         _group,
         GEN,
@@ -220,7 +217,7 @@ for _group, _kinds, _score, _prefix, _what in _QUESTIONS:
         generation_match,
     )
 
-_register(
+register(
     "neighborhood_score",
     "locality",
     PROB,
@@ -228,7 +225,7 @@ _register(
     "share of neighbourhood prompts where P(their answer) > P(new)",
     prob_comparison,
 )
-_register(
+register(
     "neighborhood_magnitude",
     "locality",
     MAG,
@@ -236,7 +233,7 @@ _register(
     "mean P(their answer) - P(new) on neighbourhood prompts",
     prob_magnitude,
 )
-_register(
+register(
     "locality_top1_agreement",
     "locality",
     AGREE,
@@ -252,7 +249,7 @@ _register(
     top1_agreement,
     paired=True,
 )
-_register(
+register(
     "relation_specificity_top1_agreement",
     "locality",
     AGREE,
@@ -262,7 +259,7 @@ _register(
     top1_agreement,
     paired=True,
 )
-_register(
+register(
     "forgetfulness_top1_agreement",
     "locality",
     AGREE,
@@ -281,7 +278,7 @@ _PORTABILITY = [
     (ProbeKind.PORTABILITY_REVERSED_RELATION, "Reversed Relation (the edit asked backwards)"),
 ]
 for _kind, _what in _PORTABILITY:
-    _register(
+    register(
         f"{_kind}_token_acc",
         "portability",
         TF,
@@ -289,7 +286,7 @@ for _kind, _what in _PORTABILITY:
         f"portability {_what}: teacher-forced token accuracy of the ground truth",
         token_accuracy,
     )
-_register(
+register(
     "portability_token_acc",
     "portability",
     TF,

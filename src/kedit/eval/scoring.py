@@ -13,12 +13,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 from kedit.eval.formulas.mquake import normalize_answer
 from kedit.model.lm import LanguageModel, TargetScore
 from kedit.types import EditCase, Probe
+
+Key = TypeVar("Key")
 
 #: extra tokens generated beyond the longest accepted answer, so a differently tokenised but
 #: correct answer still fits
@@ -116,9 +119,19 @@ def _score_targets(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]], need
             pairs.append((probe.prompt, probe.alternative))
             slots.append((score, "alternative"))
     if pairs:
-        scored = lm.score_targets([p for p, _ in pairs], [t for _, t in pairs])
-        for (score, slot), value in zip(slots, scored):
-            setattr(score, slot, value)
+        distinct, where = once(pairs)
+        scored = lm.score_targets([p for p, _ in distinct], [t for _, t in distinct])
+        for (score, slot), i in zip(slots, where):
+            setattr(score, slot, scored[i])
+
+
+def once(keys: list[Key]) -> tuple[list[Key], list[int]]:
+    """The distinct keys in first-seen order, and for each key its position among them: probes
+    often share a measurement (the dialogue probes of a case ask the same question, MQuAKE's
+    new- and old-answer probes the same prompt), and each is computed once."""
+    index: dict[Key, int] = {}
+    where = [index.setdefault(k, len(index)) for k in keys]
+    return list(index), where
 
 
 def _answer_length(lm: LanguageModel, probe: Probe) -> int:
@@ -132,18 +145,19 @@ def _answer_length(lm: LanguageModel, probe: Probe) -> int:
 def _generate_answers(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]]) -> None:
     if not jobs:
         return
-    limits = [_answer_length(lm, p) + GENERATION_SLACK for _, p in jobs]
-    texts = lm.generate([p.prompt for _, p in jobs], limits)
-    for (score, _), text in zip(jobs, texts):
-        score.generation = text
+    distinct, where = once([(p.prompt, _answer_length(lm, p) + GENERATION_SLACK) for _, p in jobs])
+    texts = lm.generate([p for p, _ in distinct], [n for _, n in distinct])
+    for (score, _), i in zip(jobs, where):
+        score.generation = texts[i]
 
 
 def _next_tokens(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]]) -> None:
     if not jobs:
         return
-    logprobs = lm.next_token_logprobs([p.prompt for _, p in jobs])  # (n_prompts, vocab)
-    for (score, _), row in zip(jobs, logprobs):
-        score.next_token = row
+    distinct, where = once([p.prompt for _, p in jobs])
+    logprobs = lm.next_token_logprobs(distinct)  # (n_distinct_prompts, vocab)
+    for (score, _), i in zip(jobs, where):
+        score.next_token = logprobs[i]
 
 
 def _sample_texts(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]], seed: int) -> None:
@@ -169,14 +183,15 @@ def dialogue_transcript(probe: Probe, answer: str) -> str:
 def _dialogues(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]]) -> None:
     if not jobs:
         return
-    prompts = [p.prompt for _, p in jobs]
+    pairs, where = once([(p.prompt, p.alternative) for _, p in jobs])
     # the model's confidence in the old answer, for reversion by confidence
-    for (score, _), old in zip(jobs, lm.score_targets(prompts, [p.alternative for _, p in jobs])):
-        score.alternative = old
-    answers = lm.generate(prompts, ANSWER_TOKENS)
+    olds = lm.score_targets([p for p, _ in pairs], [a for _, a in pairs])
+    questions, asked = once([p.prompt for _, p in jobs])
+    answers = lm.generate(questions, ANSWER_TOKENS)
     transcripts = []
-    for (score, probe), raw in zip(jobs, answers):
-        score.answer = first_clause(raw)
+    for (score, probe), i, j in zip(jobs, where, asked):
+        score.alternative = olds[i]
+        score.answer = first_clause(answers[j])
         transcripts.append(dialogue_transcript(probe, score.answer))
     replies = lm.generate(transcripts, REPLY_TOKENS)
     for (score, _), reply in zip(jobs, replies):

@@ -36,6 +36,7 @@ from kedit.eval.runner import (
     PRE_BATCH,
     EvalReport,
     ResultStore,
+    apply_requests,
     case_details,
     case_metrics,
     choose_metrics,
@@ -148,7 +149,7 @@ def evaluate_sequential(
         for start in range(0, n_edits, batch_size):
             batch = cases[start : start + batch_size]
             t0 = time.perf_counter()
-            _apply(session, editor, batch)
+            apply_requests(session, [r for case in batch for r in case.requests], editor)
             info = {"edit_time_s": time.perf_counter() - t0, "batch_size": len(batch)}
             edit_info.update({c.case_id: info for c in batch})
             edited = start + len(batch)
@@ -186,15 +187,6 @@ def evaluate_sequential(
     if store is not None:
         store.write_summary(summary)
     return EvalReport(summary, rows + general_rows, store.root if store else None)
-
-
-def _apply(session: EditSession, editor: EditMethod, batch: list[EditCase]) -> None:
-    requests = [r for case in batch for r in case.requests]
-    if editor.supports_batch:
-        session.apply(requests, editor)
-    else:
-        for request in requests:
-            session.apply(request, editor)
 
 
 def _score(
