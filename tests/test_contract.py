@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kedit.methods import METHODS, get_method
+from kedit.methods.base import FAMILIES
 from kedit.model.hooks import hook_count
 from kedit.model.lm import as_language_model
 from kedit.types import EditRequest
@@ -33,10 +34,13 @@ def target_logprob(model_or_lm, tok, request: EditRequest) -> float:
     return sum(lm.score_targets([request.text], [request.target_new])[0].logprobs)
 
 
-def test_every_registered_method_has_a_tiny_config():
+def test_every_registered_method_has_a_tiny_config_and_a_family():
     assert sorted(TINY) == METHODS.names()
     for name in METHODS.names():
         assert METHODS[name].name == name
+        assert METHODS[name].family in FAMILIES
+    # the survey's split, which the bench's findings rely on
+    assert {n for n in METHODS.names() if not METHODS[n].modifies_parameters()} == {"grace", "ike"}
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -64,13 +64,13 @@ def test_resume_skips_finished_cases_and_survives_a_torn_line(
     with open(out / "results.jsonl", "a") as f:
         f.write('{"case_id": "demo-003", "metr')  # a writer killed mid-line
     edited = []
-    real = runner._run_case
+    real = runner.run_case
 
     def counting(model, tok, case, *args):
         edited.append(case.case_id)
         return real(model, tok, case, *args)
 
-    monkeypatch.setattr(runner, "_run_case", counting)
+    monkeypatch.setattr(runner, "run_case", counting)
     report = evaluate(
         model,
         tokenizer,

@@ -6,7 +6,7 @@ Example:
     'Michael Jordan plays the sport of'
 """
 
-from kedit.api import edit, evaluate, load_model
+from kedit.api import BenchPlan, edit, evaluate, load_model, run_bench
 from kedit.data import DATASETS, load_dataset
 from kedit.env import Environment
 from kedit.eval.audit import audit
@@ -24,6 +24,7 @@ __all__ = [
     "METHODS",
     "METRICS",
     "ArchSpec",
+    "BenchPlan",
     "Edit",
     "EditCase",
     "EditMethod",
@@ -42,4 +43,5 @@ __all__ = [
     "load_dataset",
     "load_model",
     "register_arch",
+    "run_bench",
 ]

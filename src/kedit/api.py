@@ -18,6 +18,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from kedit.bench import BenchPlan, run_bench
 from kedit.env import Environment
 from kedit.eval.runner import EvalReport
 from kedit.eval.runner import evaluate as _evaluate
@@ -89,4 +90,4 @@ def evaluate(
     return _evaluate(model, tok, dataset, method, **kwargs)
 
 
-__all__ = ["as_requests", "edit", "evaluate", "load_model"]
+__all__ = ["BenchPlan", "as_requests", "edit", "evaluate", "load_model", "run_bench"]

@@ -9,6 +9,9 @@ Examples::
     kedit eval --method memit --sequential 40 --checkpoints 1,10,20 --out runs/memit-seq
     kedit audit --method rome --prompt "{} is located in the city of" \\
         --subject "The Eiffel Tower" --target Rome
+    kedit bench --methods rome,ft --dataset counterfact --limit 20 \\
+        --scenarios single,sequential:1,10,20 --out runs/bench
+    kedit report runs/bench --csv
     kedit stats --method memit
     kedit ls methods
 """
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kedit import api
+from kedit.cli_bench import add_bench_parsers, run_bench_command, run_report_command
 from kedit.config import parse_override
 from kedit.console import format_predictions, format_report_card, format_summary
 from kedit.data import DATASETS
@@ -184,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--layers", help="comma-separated layers (default: the method's)")
 
+    add_bench_parsers(sub)
+
     ls = sub.add_parser("ls", help="list methods, metrics, datasets or models")
     ls.add_argument("what", choices=["methods", "metrics", "datasets", "models", "general"])
     return parser
@@ -199,9 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ls":
             print(list_things(args.what))
             return 0
-        commands = {"edit": run_edit, "eval": run_eval, "audit": run_audit, "stats": run_stats}
+        commands = {
+            "edit": run_edit,
+            "eval": run_eval,
+            "audit": run_audit,
+            "stats": run_stats,
+            "bench": run_bench_command,
+            "report": run_report_command,
+        }
         return commands[args.command](args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, OSError) as err:
+    except (ValueError, KeyError, OSError, ImportError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"kedit: error: {message}", file=sys.stderr)
         return 2

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from kedit.eval.runner import EvalReport
+
+if TYPE_CHECKING:
+    from kedit.bench.aggregate import BenchSummary
+    from kedit.bench.tables import HeadlineTable
 
 
 def _fmt(value: float | None) -> str:
@@ -173,3 +179,67 @@ def format_report_card(report: EvalReport) -> str:
         "conflicts, distortion) run with kedit eval --suite pitfalls"
     )
     return "\n".join(out)
+
+
+def format_bench(summary: BenchSummary, outcome: Any | None = None) -> str:
+    """A bench at a glance: what this run did (``outcome``, a
+    :class:`kedit.bench.driver.BenchOutcome`); per scenario, methods by the headline measure of
+    each group after editing (at the last checkpoint: 1 edit for single, the batch size for
+    batch:B, the most edits for sequential), the general-ability tasks at the last sequential
+    checkpoint and the median edit time per edit; then the jobs that are not done, and why."""
+    from kedit.bench.tables import headline_groups
+
+    out = []
+    if outcome is not None:
+        out.append(_format_outcome(outcome))
+    shown = headline_groups(summary)
+    if shown:
+        names = ", ".join(f"{g} = {summary.headlines[g]}" for g in shown)
+        out.append(f"headline measures after editing: {names} (unedited: before editing)")
+    for scenario in summary.scenarios():
+        table = summary.headline_table(scenario)
+        if table is not None:
+            out.append(_format_headline_table(table))
+    not_done = [
+        f"  {j.job_id}: {j.status}" + (f": {j.note}" if j.note else "")
+        for j in sorted(
+            summary.jobs.values(), key=lambda j: (summary.method_rank(j.method), j.job_id)
+        )
+        if j.status != "done"
+    ]
+    if not_done:
+        out.append("jobs not done:\n" + "\n".join(not_done))
+    return "\n\n".join(out) if out else "the bench has no results yet"
+
+
+def _format_outcome(outcome: Any) -> str:
+    counts = Counter(outcome.status.values())
+    seconds = outcome.elapsed_s
+    took = (
+        f"{seconds:.1f} s"
+        if seconds < 60
+        else f"{seconds / 60:.1f} min"
+        if seconds < 3600
+        else f"{seconds / 3600:.1f} h"
+    )
+    units = f"{outcome.written} unit{'s' * (outcome.written != 1)}"
+    failed = max(counts["failed"], len(outcome.failures))
+    return (
+        f"{units} written in {took}; {counts['done']} jobs done, "
+        f"{counts['not applicable']} not applicable, {failed} failed"
+    )
+
+
+def _format_headline_table(table: HeadlineTable) -> str:
+    rows = []
+    for row in table.rows:
+        label = row.label
+        if row.checkpoint != table.last:
+            label += f" (after {row.checkpoint})"
+        if row.incomplete:
+            label += " (incomplete)"
+        rows.append((label, *map(_fmt, row.values), _fmt(row.seconds_per_edit)))
+    lower = [c.measure for c in table.columns if not c.higher_is_better]
+    note = f"\nlower is better: {', '.join(lower)}" if lower else ""
+    header = ("method", *map(table.heading, table.columns), "s/edit")
+    return f"{table.title}\n" + format_table(header, rows) + note

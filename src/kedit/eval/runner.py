@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.data import load_dataset
 from kedit.env import Environment
+from kedit.eval.cost import MemoryUse, measure_memory
 from kedit.eval.formulas import reversion_rate_by_confidence
 from kedit.eval.metrics import Metric, missing_probes, needs_of, resolve_metrics
 from kedit.eval.metrics_pitfalls import dialogue_details
@@ -108,7 +109,7 @@ def evaluate(
             score_probes(base_lm, chunk, needs, "pre", results, env.seed)
             pre_time = (time.perf_counter() - t0) / len(chunk)
             for case in chunk:
-                row = _run_case(model, tok, case, editor, env, chosen, needs, results)
+                row = run_case(model, tok, case, editor, env, chosen, needs, results)
                 row["pre_eval_time_s"] = pre_time
                 rows.append(row)
                 if store is not None:
@@ -153,7 +154,7 @@ def select_cases(
     return cases
 
 
-def _run_case(
+def run_case(
     model: Any,
     tok: PreTrainedTokenizerBase,
     case: EditCase,
@@ -163,6 +164,9 @@ def _run_case(
     needs: Any,
     results: dict[str, list[ProbeResult]],
 ) -> dict[str, Any]:
+    """Edit one case on the unedited model (in its steps), score it after the edit (and after
+    its first step where a measure reads that), undo the edit; a row of its metrics, times and
+    the edit's memory, or of the error that stopped it."""
     row: dict[str, Any] = {
         "case_id": case.case_id,
         "requests": [r.to_dict() for r in case.requests],
@@ -171,13 +175,17 @@ def _run_case(
         with EditSession(model, tok, env) as session:
             steps = case.edit_steps
             post_eval = 0.0
+            peak = MemoryUse()
             for number, requests in enumerate(steps, start=1):
-                edit = apply_requests(session, requests, editor)
+                with measure_memory(model_device(model)) as memory:
+                    edit = apply_requests(session, requests, editor)
+                peak = max(peak, memory, key=lambda m: m.extra_bytes)
                 if number == 1 and len(steps) > 1 and needs.mid:
                     t0 = time.perf_counter()
                     score_probes(session.lm, [case], needs, "mid", results, env.seed)
                     post_eval += time.perf_counter() - t0
             row["edit_time_s"] = sum(e.info.get("edit_time_s", 0.0) for e in session.edits)
+            row.update(peak.as_row())
             row["edit_info"] = _jsonable(edit.info)
             t0 = time.perf_counter()
             score_probes(session.lm, [case], needs, "post", results, env.seed)
@@ -309,6 +317,21 @@ def run_info(
     chosen: list[Metric],
     env: Environment,
 ) -> dict[str, Any]:
+    """What produced a run's numbers: method and config, data, measures, model, versions."""
+    return {
+        "method": editor.name,
+        "config": editor.config.to_dict(),
+        "dataset": dataset if isinstance(dataset, str) else "<cases>",
+        "n_cases": len(cases),
+        **model_info(model, env),
+        "metrics": {m.name: {"group": m.group, "protocol": m.protocol} for m in chosen},
+        "protocol": {"name": "single"},
+    }
+
+
+def model_info(model: Any, env: Environment) -> dict[str, Any]:
+    """The model (name, type, content fingerprint, device), seed, statistics corpus and the
+    package versions."""
     import torch
     import transformers
 
@@ -316,25 +339,23 @@ def run_info(
 
     hf = hf_module(model)
     return {
-        "method": editor.name,
-        "config": editor.config.to_dict(),
-        "dataset": dataset if isinstance(dataset, str) else "<cases>",
-        "n_cases": len(cases),
         "model": getattr(hf.config, "_name_or_path", "") or hf.config.model_type,
         "model_type": hf.config.model_type,
         "model_fingerprint": env.fingerprint(hf),
         "stats_corpus": env.stats_corpus,
         "seed": env.seed,
-        "metrics": {m.name: {"group": m.group, "protocol": m.protocol} for m in chosen},
-        "protocol": {"name": "single"},
         "versions": {
             "kedit": kedit.__version__,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "python": platform.python_version(),
         },
-        "device": str(next(hf.parameters()).device),
+        "device": str(model_device(model)),
     }
+
+
+def model_device(model: Any) -> Any:
+    return next(hf_module(model).parameters()).device
 
 
 def _jsonable(info: dict[str, Any]) -> dict[str, Any]:

@@ -78,6 +78,7 @@ class AlphaEdit(SpreadMethod):
     """MEMIT-style update projected onto the null space of preserved keys."""
 
     name = "alphaedit"
+    family = "locate-and-edit"
     config_cls = AlphaEditConfig
 
     def solve(

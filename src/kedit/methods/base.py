@@ -252,17 +252,30 @@ class Edit:
 
 # -- methods ---------------------------------------------------------------------------------
 
+#: the survey's method families; the first three change the model's own weights
+MODIFYING_FAMILIES = ("fine-tuning", "meta-learning", "locate-and-edit")
+FAMILIES = (*MODIFYING_FAMILIES, "added-parameters", "external-memory", "in-context")
+
 
 class EditMethod(ABC):
     """Base of every editing method.
 
-    Subclasses set ``name``, ``config_cls`` and ``supports_batch`` and implement :meth:`apply`,
-    which records its changes on the given :class:`Edit`. Call :meth:`edit` to run it.
+    Subclasses set ``name``, ``config_cls``, ``family`` and ``supports_batch`` and implement
+    :meth:`apply`, which records its changes on the given :class:`Edit`. Call :meth:`edit` to
+    run it.
     """
 
     name: ClassVar[str]
     config_cls: ClassVar[type[MethodConfig]]
+    #: the survey's taxonomy: one of :data:`FAMILIES`
+    family: ClassVar[str]
     supports_batch: ClassVar[bool] = False
+
+    @classmethod
+    def modifies_parameters(cls) -> bool:
+        """Whether the method changes the model's own weights (the survey's
+        parameter-modifying methods) rather than adding parameters, memory or context."""
+        return cls.family in MODIFYING_FAMILIES
 
     def __init__(self, config: MethodConfig | None = None, env: Environment | None = None) -> None:
         self.config = config if config is not None else self.config_cls()

@@ -51,6 +51,7 @@ class EMMET(SpreadMethod):
     """Equality-constrained batched update of MLP output projections."""
 
     name = "emmet"
+    family = "locate-and-edit"
     config_cls = EMMETConfig
 
     def solve(

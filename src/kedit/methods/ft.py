@@ -78,6 +78,7 @@ class FTL(EditMethod):
     """Constrained fine-tuning of one module."""
 
     name = "ft-l"
+    family = "fine-tuning"
     config_cls: type[FTConfig] = FTConfig
     supports_batch = True
 

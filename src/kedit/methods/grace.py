@@ -130,6 +130,7 @@ class GRACE(EditMethod):
     """Discrete key-value adaptor at one layer."""
 
     name = "grace"
+    family = "added-parameters"
     config_cls = GRACEConfig
     supports_batch = False
 

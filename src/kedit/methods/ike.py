@@ -124,6 +124,7 @@ class IKE(EditMethod):
     """In-context editing: the edit is a context of retrieved demonstrations."""
 
     name = "ike"
+    family = "in-context"
     config_cls = IKEConfig
     supports_batch = True
 

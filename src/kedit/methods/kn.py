@@ -105,6 +105,7 @@ class KN(EditMethod):
     """Integrated-gradients neuron attribution, then rewriting the neurons' value slots."""
 
     name = "kn"
+    family = "locate-and-edit"
     config_cls = KNConfig
     supports_batch = False
 

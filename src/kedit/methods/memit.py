@@ -47,6 +47,7 @@ class MEMIT(SpreadMethod):
     """Batched multi-layer least-squares update of MLP output projections."""
 
     name = "memit"
+    family = "locate-and-edit"
     config_cls = MEMITConfig
 
     def solve(

@@ -64,6 +64,7 @@ class PMET(SpreadMethod):
     """Attention and FFN targets at the top layer; FFN-only multi-layer update."""
 
     name = "pmet"
+    family = "locate-and-edit"
     config_cls = PMETConfig
 
     def target_paths(self, model: nn.Module) -> tuple[str, list[str]]:

@@ -34,6 +34,7 @@ class RROME(ROME):
     """ROME with the averaged key on both sides of the update."""
 
     name = "r-rome"
+    family = "locate-and-edit"
     config_cls = RROMEConfig
 
     def _update_key_value(

@@ -60,6 +60,7 @@ class ROME(EditMethod):
     """Rank-one update of one MLP output projection."""
 
     name = "rome"
+    family = "locate-and-edit"
     config_cls = ROMEConfig
     supports_batch = False
 

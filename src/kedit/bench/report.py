@@ -1,0 +1,380 @@
+"""``kedit report DIR``: a bench as one self-contained HTML page.
+
+The page (inline CSS, images as base64 PNG, no script, nothing fetched) holds: the run's facts
+(model, fingerprint, dataset, versions, seed, device); a summary table (per method and scenario,
+the headline measures, general ability and edit time per edit at the last checkpoint); per
+scenario a table of methods by measures, grouped as the survey groups them, per checkpoint for
+batch and sequential; the jobs that were not applicable and why; decay curves against the number
+of sequential edits; the cost per edit; the survey's claims checked (:mod:`kedit.bench.findings`);
+and the measures skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from html import escape
+from itertools import groupby
+from pathlib import Path
+
+from kedit.bench import findings as claims
+from kedit.bench.aggregate import BenchSummary
+from kedit.bench.findings import CLAIMS, Finding, evaluate_claims
+from kedit.bench.plots import alt_text, plot_png, require_matplotlib
+from kedit.bench.tables import HeadlineTable, ScenarioTable, headline_groups
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+MIB = 1024 * 1024
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; color: #222;
+       line-height: 1.4; padding: 0 1rem; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.3rem; margin-top: 2.2rem; }
+h3 { font-size: 1.05rem; }
+table { border-collapse: collapse; margin: 0.6rem 0 1rem; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.55rem; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.best { font-weight: bold; }
+tr.unedited td { color: #555; font-style: italic; background: #fafafa; }
+tbody + tbody { border-top: 2px solid #888; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: 0.15rem 1rem; }
+dl.facts dt { font-weight: bold; } dl.facts dd { margin: 0; font-family: monospace; }
+figure { display: inline-block; margin: 0.5rem 1rem 1rem 0; vertical-align: top; }
+figure img { max-width: 100%; height: auto; }
+.verdict { font-weight: bold; white-space: nowrap; }
+.supported { color: #17612a; } .partly-supported { color: #8a5a00; }
+.not-supported { color: #a11d1d; } .not-run { color: #666; }
+.note { color: #555; font-size: 0.9rem; }
+td small { color: #666; margin-left: 0.3rem; }
+th.start, td.start { border-left: 2px solid #888; }
+div.wide { overflow-x: auto; }
+"""
+
+
+def write_report(bench_dir: str | Path, out: Path | None = None) -> Path:
+    """Write the report of the bench in ``bench_dir`` to ``out`` (default
+    ``bench_dir/report.html``) and return its path."""
+    require_matplotlib()  # fail before reading anything
+    summary = BenchSummary.load(bench_dir)
+    path = Path(out) if out is not None else Path(bench_dir) / REPORT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(summary, evaluate_claims(summary)), encoding="utf-8")
+    log.info("bench report written to %s", path)
+    return path
+
+
+def render_report(summary: BenchSummary, findings: list[Finding]) -> str:
+    """The report's HTML for ``summary`` and its checked claims."""
+    facts = summary.run_info()
+    title = f"kedit bench: {facts.get('model', 'model')} on {facts.get('dataset', 'dataset')}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(title)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        _facts(summary),
+        _summary_section(summary),
+    ]
+    for scenario in summary.scenarios():
+        parts.append(_scenario_section(summary.table(scenario)))
+    parts.append(_curves(summary))
+    parts.append(_costs(summary))
+    parts.append(_findings(findings))
+    parts.append(_skipped(summary))
+    parts.append("</body></html>")
+    return "\n".join(p for p in parts if p)
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _facts(summary: BenchSummary) -> str:
+    facts = summary.run_info()
+    labels = (
+        ("model", "model"),
+        ("model_fingerprint", "model fingerprint"),
+        ("dataset", "dataset"),
+        ("n_cases", "cases"),
+        ("kedit", "kedit"),
+        ("torch", "torch"),
+        ("transformers", "transformers"),
+        ("seed", "seed"),
+        ("device", "device"),
+    )
+    rows = "".join(
+        f"<dt>{escape(label)}</dt><dd>{escape(facts.get(key, '–'))}</dd>" for key, label in labels
+    )
+    out = f'<dl class="facts">{rows}</dl>'
+    running = [j.job_id for j in summary.jobs.values() if j.status == "running"]
+    if running:
+        out += (
+            '<p class="note">Incomplete (still marked running; resume the bench to finish): '
+            f"{escape(', '.join(running))}.</p>"
+        )
+    return out
+
+
+#: the survey's short names of the headline groups, as the summary table's headings
+SHORT_GROUPS = {
+    "reliability": "Rel.",
+    "generalization": "Gen.",
+    "locality": "Loc.",
+    "portability": "Port.",
+}
+
+
+def _summary_section(summary: BenchSummary) -> str:
+    """One row per method (the unedited model first), columns grouped by scenario: the
+    :class:`~kedit.bench.tables.HeadlineTable` of each, side by side."""
+    tables = [t for s in summary.scenarios() if (t := summary.headline_table(s)) is not None]
+    if not tables:
+        return ""
+    head1 = '<th rowspan="2" scope="col">method</th>'
+    head2 = ""
+    for table in tables:
+        span = len(table.columns) + 1
+        head1 += f'<th class="start" colspan="{span}" scope="colgroup">{escape(table.title)}</th>'
+        for i, col in enumerate(table.columns):
+            css = ' class="start"' if i == 0 else ""
+            heading = table.heading(col)
+            name = f"{SHORT_GROUPS.get(heading, heading)} {col.arrow}"
+            head2 += f'<th{css} scope="col" title="{escape(col.measure)}">{escape(name)}</th>'
+        css = "" if table.columns else ' class="start"'
+        head2 += f'<th{css} scope="col">s/edit ↓</th>'
+    methods = {r.label for t in tables for r in t.rows if r.job_id is not None}
+    methods |= {j.method for t in tables for j in t.not_applicable}
+    labels = sorted(methods, key=lambda m: (summary.method_rank(m), m))
+    body = [_summary_row(tables, "unedited")]
+    body += [_summary_row(tables, label) for label in labels]
+    groups = ", ".join(
+        f"{SHORT_GROUPS[g]} {g} ({summary.headlines[g]})" for g in headline_groups(summary)
+    )
+    return (
+        "<h2>Summary</h2>"
+        f'<div class="wide"><table><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+        f'<p class="note">Headline measures: {escape(groups)}; each method at the scenario\'s '
+        "last checkpoint (1 edit for single, the batch size for batch:B, the most edits for "
+        "sequential), and for sequential the general-ability tasks there with, in small text, "
+        "the change from the unedited model (the difference for a downstream task, the relative "
+        "change for perplexity). s/edit: the median edit time per edit in seconds. The unedited "
+        "row is the model before editing on the same cases. ↑ higher is better, ↓ lower is "
+        "better; every measure per checkpoint is in the scenario tables below.</p>"
+    )
+
+
+def _summary_row(tables: list[HeadlineTable], label: str) -> str:
+    """``label``'s row of the summary: its cells in each table, ``–`` where it has none."""
+    incomplete = False
+    cells = ""
+    for table in tables:
+        width = len(table.columns) + 1
+        row = next((r for r in table.rows if r.label == label), None)
+        if row is None:
+            skipped = any(j.method == label for j in table.not_applicable)
+            text = "not applicable" if skipped else "–"
+            cells += f'<td class="start note" colspan="{width}">{text}</td>'
+            continue
+        incomplete |= row.incomplete
+        for i, value in enumerate(row.values):
+            extra = ""
+            if i == 0 and row.checkpoint != table.last:
+                extra = f" <small>(after {row.checkpoint})</small>"
+            change = table.change(row, i)
+            if change is not None:
+                text = f"{change:+.3f}" if table.columns[i].higher_is_better else f"{change:+.1%}"
+                extra += f" <small>{text}</small>"
+            css = "num start" if i == 0 else "num"
+            cells += f'<td class="{css}">{_num(value)}{extra}</td>'
+        css = "num" if table.columns else "num start"
+        cells += f'<td class="{css}">{_num(row.seconds_per_edit)}</td>'
+    name = label + (" (incomplete)" if incomplete else "")
+    css = ' class="unedited"' if label == "unedited" else ""
+    return f'<tr{css}><th scope="row">{escape(name)}</th>{cells}</tr>'
+
+
+def _scenario_section(table: ScenarioTable) -> str:
+    kind = table.scenario.partition(":")[0]
+    out = [f"<h2>Scenario {escape(table.scenario)}</h2>"]
+    if table.rows:
+        out.append(_table_html(table, with_checkpoint=kind != "single"))
+    else:
+        out.append('<p class="note">No results.</p>')
+    if table.not_applicable:
+        items = "".join(
+            f"<li><b>{escape(j.method)}</b>: {escape(j.note or 'not applicable')}</li>"
+            for j in table.not_applicable
+        )
+        out.append(f"<p>Not applicable:</p><ul>{items}</ul>")
+    return "\n".join(out)
+
+
+def _table_html(table: ScenarioTable, with_checkpoint: bool) -> str:
+    lead = ["method"] + (["edits"] if with_checkpoint else [])
+    head1 = "".join(f'<th rowspan="2" scope="col">{escape(h)}</th>' for h in lead)
+    for group, cols in groupby(table.columns, key=lambda c: c.group):
+        head1 += f'<th colspan="{len(list(cols))}" scope="colgroup">{escape(group)}</th>'
+    head2 = "".join(
+        f'<th scope="col">{escape(c.measure)} {escape(c.arrow)}</th>' for c in table.columns
+    )
+    bodies = []
+    for checkpoint, rows in groupby(table.rows, key=lambda r: r.checkpoint):
+        rows = list(rows)
+        best = []
+        for i, col in enumerate(table.columns):
+            values = [
+                r.values[i] for r in rows if r.label != "unedited" and r.values[i] is not None
+            ]
+            pick = max if col.higher_is_better else min
+            best.append(pick(values) if len(values) > 1 else None)
+        html_rows = []
+        for row in rows:
+            label = row.label + (" (incomplete)" if row.incomplete else "")
+            cells = f'<th scope="row">{escape(label)}</th>'
+            if with_checkpoint:
+                cells += f'<td class="num">{checkpoint}</td>'
+            for value, top in zip(row.values, best):
+                is_best = row.label != "unedited" and value is not None and value == top
+                cells += f'<td class="num{" best" if is_best else ""}">{_num(value)}</td>'
+            css = ' class="unedited"' if row.label == "unedited" else ""
+            html_rows.append(f"<tr{css}>{cells}</tr>")
+        bodies.append(f"<tbody>{''.join(html_rows)}</tbody>")
+    return (
+        f"<table><thead><tr>{head1}</tr><tr>{head2}</tr></thead>{''.join(bodies)}</table>"
+        '<p class="note">↑ higher is better, ↓ lower is better; bold: the best method. '
+        "The unedited row is the model before editing on the same cases.</p>"
+    )
+
+
+def _curves(summary: BenchSummary) -> str:
+    out = []
+    for scenario in summary.scenarios():
+        if not scenario.startswith("sequential"):
+            continue
+        figures = []
+        for plot in summary.decay_plots(scenario):
+            data = base64.b64encode(plot_png(plot)).decode("ascii")
+            alt = alt_text(plot)
+            figures.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}"></figure>'
+            )
+        if figures:
+            out.append(f"<h3>{escape(scenario)}</h3>" + "".join(figures))
+    if not out:
+        return ""
+    return (
+        "<h2>Decay curves</h2>"
+        '<p class="note">Headline measures and general-ability tasks against the number of '
+        "sequential edits; 0 is the unedited model (its scores on the same cases, and the "
+        "unedited model's general-ability scores).</p>" + "\n".join(out)
+    )
+
+
+def _costs(summary: BenchSummary) -> str:
+    order = {m: i for i, m in enumerate(summary.methods())}
+    scenarios = {s: i for i, s in enumerate(summary.scenarios())}
+    costs = sorted(
+        summary.costs.values(),
+        key=lambda c: (order.get(c.method, -1), scenarios.get(c.scenario, -1), c.job_id),
+    )
+    if not costs:
+        return ""
+    head = (
+        "<tr><th>method</th><th>scenario</th><th>cases</th><th>errors</th>"
+        "<th>median edit time per edit (s)</th><th>median edit memory per update (MiB)</th>"
+        "<th>median eval time per case (s)</th><th>memory measured as</th></tr>"
+    )
+    rows = []
+    for c in costs:
+        memory = None if c.median_edit_memory_bytes is None else c.median_edit_memory_bytes / MIB
+        rows.append(
+            f"<tr><th scope='row'>{escape(c.method)}</th><td>{escape(c.scenario)}</td>"
+            f'<td class="num">{c.cases}</td><td class="num">{c.errors}</td>'
+            f'<td class="num">{_num(c.median_edit_time_s)}</td>'
+            f'<td class="num">{_num(memory, 1)}</td>'
+            f'<td class="num">{_num(c.median_eval_time_s)}</td>'
+            f"<td>{escape(c.memory_kind or '–')}</td></tr>"
+        )
+    return (
+        "<h2>Cost per edit</h2>"
+        f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+        '<p class="note">Edit time is per edit: a batch:B update\'s time is divided by its B '
+        "cases; a sequential case counts once, with the edit that applied it. Edit memory is "
+        "per update: the memory the update took above what was in use before it (its peak), "
+        "the whole batch's for a batch:B case.</p>"
+    )
+
+
+def _findings(findings: list[Finding]) -> str:
+    by_id = {c.id: c for c in CLAIMS}
+    rows = []
+    for finding in findings:
+        claim = by_id[finding.claim]
+        css = finding.verdict.replace(" ", "-")
+        rows.append(
+            f"<tr><td>{escape(claim.text)}</td>"
+            f'<td class="verdict {css}">{escape(finding.verdict)}</td>'
+            f"<td>{escape(finding.sentence)}</td><td>{escape(claim.threshold)}</td></tr>"
+        )
+    constants = (
+        (
+            "RELIABILITY_DROP",
+            claims.RELIABILITY_DROP,
+            "IKE is worse with many edits if its reliability drops by at least this",
+        ),
+        (
+            "DOWNSTREAM_DEGRADE",
+            claims.DOWNSTREAM_DEGRADE,
+            "degraded: mean downstream change from the unedited model at most minus this ...",
+        ),
+        (
+            "PERPLEXITY_DEGRADE",
+            claims.PERPLEXITY_DEGRADE,
+            "... or perplexity up by at least this fraction",
+        ),
+        ("DEGRADE_CHECKPOINTS", claims.DEGRADE_CHECKPOINTS, "where MEND, ROME, KN are tested"),
+        (
+            "STABLE_UP_TO",
+            claims.STABLE_UP_TO,
+            "MEMIT is stable if no checkpoint up to this degrades",
+        ),
+        ("DOWNSTREAM_TOLERANCE", claims.DOWNSTREAM_TOLERANCE, "unchanged downstream score, ±"),
+        ("PERPLEXITY_TOLERANCE", claims.PERPLEXITY_TOLERANCE, "unchanged perplexity, ± fraction"),
+        ("DOWNSTREAM_DROP", claims.DOWNSTREAM_DROP, "a mean downstream change below minus this"),
+    )
+    items = "".join(
+        f"<li><code>{escape(name)} = {escape(str(value))}</code>: {escape(what)}</li>"
+        for name, value, what in constants
+    )
+    return (
+        "<h2>The survey's claims</h2>"
+        "<table><thead><tr><th>claim</th><th>verdict</th><th>what decided it</th>"
+        f"<th>test</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        '<p class="note">The decay claims (MEND, ROME and KN degrade, MEMIT is stable) are '
+        "judged, as the survey reads them off its downstream-task plots, on general ability: a "
+        f"method degrades at a checkpoint if its downstream task scores change by at most "
+        f"-{claims.DOWNSTREAM_DEGRADE:.2f} on average from the unedited model's, or its "
+        f"perplexity rises by at least {claims.PERPLEXITY_DEGRADE:.0%}. Reliability after 1 "
+        "edit and at the last checkpoint is given as context only.</p>"
+        f"<p>Thresholds (<code>kedit.bench.findings</code>):</p><ul>{items}</ul>"
+    )
+
+
+def _skipped(summary: BenchSummary) -> str:
+    skipped = summary.skipped()
+    if not skipped:
+        return ""
+    items = "".join(
+        f"<li><code>{escape(s.measure)}</code>: {escape(s.reason)} "
+        f"<span class='note'>({escape(', '.join(s.scenarios))})</span></li>"
+        for s in skipped
+    )
+    return f"<h2>Skipped measures</h2><ul>{items}</ul>"

@@ -1,0 +1,317 @@
+"""A bench's tables and decay curves, built from its :class:`~kedit.bench.aggregate.BenchSummary`.
+
+* :func:`scenario_table`: methods by measures for one scenario, per checkpoint, with the
+  unedited model's row first (:class:`ScenarioTable`);
+* :func:`headline_table`: the compact view of one scenario: each method at the last checkpoint,
+  the headline measure of each group, the general-ability tasks (sequential) and the median edit
+  time per edit (:class:`HeadlineTable`; ``kedit bench``'s console summary and the report's
+  Summary table);
+* :func:`decay_plots`: the headline measures and general-ability tasks against the number of
+  sequential edits (:class:`DecayPlot`).
+
+Methods come in the summary's order (:meth:`BenchSummary.methods`: the plan's, when the store
+recorded it). ``BenchSummary.table`` and ``BenchSummary.decay_plots`` call these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kedit.bench.ability import task_change
+from kedit.bench.aggregate import (
+    GENERAL_GROUP,
+    GROUP_ORDER,
+    STATUS_NOT_APPLICABLE,
+    JobInfo,
+    MeasureMean,
+)
+
+if TYPE_CHECKING:
+    from kedit.bench.aggregate import BenchSummary
+
+#: the groups whose headline measure the compact tables show, in order
+HEADLINE_GROUPS = ("reliability", "generalization", "locality", "portability")
+
+#: above this many downstream tasks the decay curves show their mean instead of one plot each
+MAX_TASK_PLOTS = 6
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: one measure, under its group."""
+
+    group: str
+    measure: str
+    higher_is_better: bool
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of a scenario table: a method (or ``unedited``) at a checkpoint."""
+
+    label: str
+    checkpoint: int
+    values: tuple[float | None, ...]
+    #: the job is still marked running (the bench was stopped before it finished)
+    incomplete: bool = False
+    #: the row's job (None for the unedited row)
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ScenarioTable:
+    """Methods by measures for one scenario (per checkpoint for batch and sequential), with the
+    unedited model's values as the first row of each checkpoint."""
+
+    scenario: str
+    columns: tuple[Column, ...]
+    rows: tuple[TableRow, ...]
+    not_applicable: tuple[JobInfo, ...]
+
+
+@dataclass(frozen=True)
+class HeadlineRow:
+    """One row of a :class:`HeadlineTable`: a method (or ``unedited``) at its last checkpoint."""
+
+    label: str
+    #: the scenario's last checkpoint, or the method's own last one if it stopped short
+    checkpoint: int
+    values: tuple[float | None, ...]
+    incomplete: bool = False
+    #: the row's job (None for the unedited row)
+    job_id: str | None = None
+    #: the job's median edit time per edit in seconds (None for the unedited row)
+    seconds_per_edit: float | None = None
+
+
+@dataclass(frozen=True)
+class HeadlineTable:
+    """One scenario at a glance: methods by the headline measure of each group
+    (:data:`HEADLINE_GROUPS`) at the last checkpoint (1 edit for single, the batch size for
+    batch:B, the most edits for sequential), and for sequential the general-ability tasks there;
+    the unedited model's row first."""
+
+    scenario: str
+    #: the scenario's last checkpoint
+    last: int
+    #: the headline measures (one per group), then the general-ability tasks
+    columns: tuple[Column, ...]
+    rows: tuple[HeadlineRow, ...]
+    not_applicable: tuple[JobInfo, ...]
+
+    @property
+    def title(self) -> str:
+        """The scenario and what its last checkpoint means."""
+        if self.scenario.startswith("sequential"):
+            return f"{self.scenario}, after {self.last} edits"
+        if self.scenario.startswith("batch"):
+            return f"{self.scenario}, batches of {self.last}"
+        return self.scenario
+
+    @staticmethod
+    def heading(column: Column) -> str:
+        """A column's name: its group for a headline measure, the task for general ability."""
+        return column.measure if column.group == GENERAL_GROUP else column.group
+
+    def change(self, row: HeadlineRow, index: int) -> float | None:
+        """For a general-ability column, ``row``'s change from the unedited model
+        (:func:`kedit.bench.ability.task_change`: the difference for a downstream task, the
+        relative change for perplexity); None elsewhere, for the unedited row, or without both
+        values."""
+        column = self.columns[index]
+        value, base = row.values[index], self.rows[0].values[index]
+        if column.group != GENERAL_GROUP or row.job_id is None or value is None or base is None:
+            return None
+        return task_change(value, base, column.higher_is_better)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One method's line on a decay plot: (number of sequential edits, value) points."""
+
+    label: str
+    points: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True)
+class DecayPlot:
+    """A quantity against the number of sequential edits, one curve per method; checkpoint 0 is
+    the unedited model."""
+
+    scenario: str
+    title: str
+    quantity: str
+    higher_is_better: bool
+    curves: tuple[Curve, ...]
+
+
+def _group_order(group: str) -> tuple[float, str]:
+    """Groups in :data:`GROUP_ORDER`, unknown ones (alphabetically) just before ``general``."""
+    rank = GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER) - 1.5
+    return (rank, group)
+
+
+def scenario_table(summary: BenchSummary, scenario: str) -> ScenarioTable:
+    """Methods by measures for ``scenario`` (see :class:`ScenarioTable`)."""
+    with_rows = summary.scenario_jobs(scenario)
+    means = [m for j in with_rows for m in summary.job_means(j.job_id)]
+    columns = _columns(summary, means)
+    baseline = summary.baseline_general()
+    rows = []
+    for checkpoint in sorted({m.checkpoint for m in means}):
+        unedited = []
+        for col in columns:
+            if col.group == GENERAL_GROUP:
+                unedited.append(baseline.get(col.measure))
+            else:
+                pres = (summary.value(j.job_id, checkpoint, col.measure, "pre") for j in with_rows)
+                unedited.append(next((p for p in pres if p is not None), None))
+        rows.append(TableRow("unedited", checkpoint, tuple(unedited)))
+        for job in with_rows:
+            if checkpoint not in summary.checkpoints(job.job_id):
+                continue
+            values = tuple(summary.value(job.job_id, checkpoint, c.measure) for c in columns)
+            incomplete = job.status == "running"
+            rows.append(TableRow(job.method, checkpoint, values, incomplete, job.job_id))
+    not_applicable = [
+        j
+        for j in summary.jobs.values()
+        if j.scenario == scenario and j.status == STATUS_NOT_APPLICABLE
+    ]
+    not_applicable.sort(key=lambda j: summary.method_rank(j.method))
+    return ScenarioTable(scenario, tuple(columns), tuple(rows), tuple(not_applicable))
+
+
+def headline_groups(summary: BenchSummary) -> list[str]:
+    """The groups of :data:`HEADLINE_GROUPS` that have a headline measure in ``summary``."""
+    return [g for g in HEADLINE_GROUPS if g in summary.headlines]
+
+
+def headline_table(summary: BenchSummary, scenario: str) -> HeadlineTable | None:
+    """``scenario`` at a glance (see :class:`HeadlineTable`), built from its
+    :func:`scenario_table`; None when it has no results."""
+    table = scenario_table(summary, scenario)
+    if not table.rows:
+        return None
+    last = max(r.checkpoint for r in table.rows)
+    index = {c.measure: i for i, c in enumerate(table.columns)}
+    picked = [
+        index[summary.headlines[g]]
+        for g in headline_groups(summary)
+        if summary.headlines[g] in index
+    ]
+    if scenario.startswith("sequential"):  # general ability is measured at sequential checkpoints
+        picked += [i for i, c in enumerate(table.columns) if c.group == GENERAL_GROUP]
+    unedited = next(r for r in table.rows if r.label == "unedited" and r.checkpoint == last)
+    # each method at the scenario's last checkpoint, or its own last one if it stopped short
+    latest = {r.job_id: r for r in table.rows if r.job_id}
+    rows = [HeadlineRow(unedited.label, last, tuple(unedited.values[i] for i in picked))]
+    for row in sorted(latest.values(), key=lambda r: summary.method_rank(r.label)):
+        cost = summary.costs.get(row.job_id) if row.job_id else None
+        rows.append(
+            HeadlineRow(
+                row.label,
+                row.checkpoint,
+                tuple(row.values[i] for i in picked),
+                row.incomplete,
+                row.job_id,
+                cost.median_edit_time_s if cost else None,
+            )
+        )
+    columns = tuple(table.columns[i] for i in picked)
+    return HeadlineTable(scenario, last, columns, tuple(rows), table.not_applicable)
+
+
+def _columns(summary: BenchSummary, means: list[MeasureMean]) -> list[Column]:
+    seen = {(m.group, m.measure): m.higher_is_better for m in means}
+    headlines = set(summary.headlines.values())
+
+    def order(key: tuple[str, str]) -> tuple[tuple[float, str], int, str]:
+        group, measure = key
+        return (_group_order(group), 0 if measure in headlines else 1, measure)
+
+    return [Column(g, m, seen[(g, m)]) for g, m in sorted(seen, key=order)]
+
+
+def decay_plots(summary: BenchSummary, scenario: str) -> list[DecayPlot]:
+    """For a sequential scenario: the reliability, generalization and locality headlines, each
+    lower-is-better general task (perplexity), and each downstream task (their mean when there
+    are more than :data:`MAX_TASK_PLOTS`), against the number of edits. Other scenarios have
+    none."""
+    if not scenario.startswith("sequential"):
+        return []
+    jobs = summary.scenario_jobs(scenario)
+    plots: list[DecayPlot] = []
+    for group in ("reliability", "generalization", "locality"):
+        measure = summary.headlines.get(group)
+        if measure is None:
+            continue
+        curves = [_case_curve(summary, j.job_id, measure, j.method) for j in jobs]
+        _add_plot(plots, scenario, f"{group} ({measure})", measure, True, curves)
+    baseline = summary.baseline_general()
+    tasks = [(t, False) for t in summary.lower_is_better_tasks()]
+    downstream = summary.downstream_tasks()
+    if len(downstream) <= MAX_TASK_PLOTS:
+        tasks += [(t, True) for t in downstream]
+    for task, higher in tasks:
+        curves = [
+            _points(
+                j.method,
+                baseline.get(task),
+                {k: summary.general(j.job_id, k).get(task) for k in summary.checkpoints(j.job_id)},
+            )
+            for j in jobs
+        ]
+        _add_plot(plots, scenario, f"general ability: {task}", task, higher, curves)
+    if len(downstream) > MAX_TASK_PLOTS:
+        curves = [
+            _points(
+                j.method,
+                mean_of(baseline, downstream),
+                {
+                    k: mean_of(summary.general(j.job_id, k), downstream)
+                    for k in summary.checkpoints(j.job_id)
+                },
+            )
+            for j in jobs
+        ]
+        title = f"general ability: mean of {len(downstream)} downstream tasks"
+        _add_plot(plots, scenario, title, "downstream mean", True, curves)
+    return plots
+
+
+def _case_curve(summary: BenchSummary, job_id: str, measure: str, label: str) -> Curve:
+    checkpoints = summary.checkpoints(job_id)
+    # the unedited model on every case the job edited: the pre mean at its last checkpoint
+    start = summary.value(job_id, checkpoints[-1], measure, "pre") if checkpoints else None
+    return _points(label, start, {k: summary.value(job_id, k, measure) for k in checkpoints})
+
+
+def _points(label: str, start: float | None, values: dict[int, float | None]) -> Curve:
+    points = [(0, start), *sorted(values.items())]
+    return Curve(label, tuple((k, v) for k, v in points if v is not None))
+
+
+def _add_plot(
+    plots: list[DecayPlot],
+    scenario: str,
+    title: str,
+    quantity: str,
+    higher: bool,
+    curves: list[Curve],
+) -> None:
+    curves = [c for c in curves if any(k > 0 for k, _ in c.points)]
+    if curves:
+        plots.append(DecayPlot(scenario, title, quantity, higher, tuple(curves)))
+
+
+def mean_of(scores: dict[str, float], tasks: list[str]) -> float | None:
+    """The mean over ``tasks``, or None unless every one has a score."""
+    if not tasks or any(t not in scores for t in tasks):
+        return None
+    return sum(scores[t] for t in tasks) / len(tasks)
