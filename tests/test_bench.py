@@ -277,11 +277,14 @@ def test_a_bench_killed_at_any_moment_resumes_to_the_same_rows(model_dir, corpus
         deadline = time.monotonic() + 300
         count = 0
         while time.monotonic() < deadline and proc.poll() is None:
-            if db.is_file():
-                with sqlite3.connect(db, timeout=10) as conn:
-                    count = conn.execute("SELECT COUNT(*) FROM cases").fetchone()[0]
-                if count >= kill_after:
-                    break
+            try:
+                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+                count = conn.execute("SELECT COUNT(*) FROM cases").fetchone()[0]
+                conn.close()
+            except sqlite3.OperationalError:  # not created yet, or its tables not yet
+                count = 0
+            if count >= kill_after:
+                break
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

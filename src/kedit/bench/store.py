@@ -36,6 +36,7 @@ from typing import Any
 
 DB_FILE = "bench.sqlite"
 SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 60.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bench (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -100,11 +101,12 @@ class BenchStore:
                     f"{self.path} does not exist: is {self.root} a bench folder?"
                 )
             uri = self.path.resolve().as_uri() + "?mode=ro"
-            self.conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)
             self.conn.row_factory = sqlite3.Row
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions
+        # explicit transactions; wait for a reader (a report, a progress poll) rather than fail
+        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
