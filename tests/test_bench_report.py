@@ -343,6 +343,7 @@ def test_costs(summary, rows):
     assert (rome.cases, rome.errors) == (N_CASES, 0)
     assert rome.median_edit_time_s == pytest.approx(1.095)
     assert rome.median_edit_memory_bytes == 10 * MIB
+    assert rome.median_peak_memory_bytes == 500 * MIB
     assert rome.median_eval_time_s == pytest.approx(0.2)
     assert summary.costs["ft-l/single"].errors == 1
     seq = summary.costs[f"rome/{SEQUENTIAL}"]
@@ -585,8 +586,9 @@ def test_report_contents(report, bench):
     assert unedited_20[-1] == "30.000"  # the unedited model's perplexity
     assert NOT_APPLICABLE_NOTE in text
     assert costs[0][4:6] == ["median edit time per edit (s)", "median edit memory per update (MiB)"]
-    assert ["rome", "single", "20", "0", "1.095", "10.0", "0.200", "cpu rss"] in costs
-    assert ["memit", "batch:10", "20", "0", "0.300", "–", "–", "–"] in costs
+    assert costs[0][6] == "median peak memory (MiB)"
+    assert ["rome", "single", "20", "0", "1.095", "10.0", "500", "0.200", "cpu rss"] in costs
+    assert ["memit", "batch:10", "20", "0", "0.300", "–", "–", "–", "–"] in costs
     verdicts = {row[0]: row[1] for row in findings[1:]}
     assert verdicts["MEND degrades after 10–20 edits."] == NOT_RUN
     assert verdicts["ROME and KN degrade after about 10 edits."] == PARTLY

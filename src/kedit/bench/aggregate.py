@@ -143,6 +143,8 @@ class JobCost:
     #: median over cases of the memory the update that applied the case took above what was in
     #: use before it (per update, not divided by the batch size)
     median_edit_memory_bytes: float | None
+    #: median over cases of the peak memory in use during the update (the model included)
+    median_peak_memory_bytes: float | None
     #: median over case x checkpoint rows of the time to score the case
     median_eval_time_s: float | None
     #: how memory was measured ("cuda allocated", "cpu rss"), joined if it varies
@@ -184,6 +186,7 @@ def job_costs(cases: Iterable[dict[str, Any]]) -> dict[str, JobCost]:
             errors=len({r["case_id"] for r in rows if r.get("error")}),
             median_edit_time_s=_median(_time_per_edit(r) for r in first.values()),
             median_edit_memory_bytes=_median(r.get("edit_memory_bytes") for r in first.values()),
+            median_peak_memory_bytes=_median(r.get("peak_memory_bytes") for r in first.values()),
             median_eval_time_s=_median(r.get("eval_time_s") for r in rows),
             memory_kind=", ".join(kinds) or None,
         )

@@ -107,9 +107,13 @@ def evaluate_claims(summary: BenchSummary) -> list[Finding]:
 # -- helpers ----------------------------------------------------------------------------------
 
 
+#: the papers' spellings that are not simply the name in capitals
+_SPELLING = {"alphaedit": "AlphaEdit"}
+
+
 def _name(method: str) -> str:
-    """The survey's spelling of a method name (ROME, FT-L)."""
-    return method.upper()
+    """The survey's spelling of a method name (ROME, FT-L, AlphaEdit)."""
+    return _SPELLING.get(method, method.upper())
 
 
 def _fmt(value: float | None) -> str:

@@ -290,16 +290,19 @@ def _costs(summary: BenchSummary) -> str:
     head = (
         "<tr><th>method</th><th>scenario</th><th>cases</th><th>errors</th>"
         "<th>median edit time per edit (s)</th><th>median edit memory per update (MiB)</th>"
+        "<th>median peak memory (MiB)</th>"
         "<th>median eval time per case (s)</th><th>memory measured as</th></tr>"
     )
     rows = []
     for c in costs:
         memory = None if c.median_edit_memory_bytes is None else c.median_edit_memory_bytes / MIB
+        peak = None if c.median_peak_memory_bytes is None else c.median_peak_memory_bytes / MIB
         rows.append(
             f"<tr><th scope='row'>{escape(c.method)}</th><td>{escape(c.scenario)}</td>"
             f'<td class="num">{c.cases}</td><td class="num">{c.errors}</td>'
             f'<td class="num">{_num(c.median_edit_time_s)}</td>'
             f'<td class="num">{_num(memory, 1)}</td>'
+            f'<td class="num">{_num(peak, 0)}</td>'
             f'<td class="num">{_num(c.median_eval_time_s)}</td>'
             f"<td>{escape(c.memory_kind or '–')}</td></tr>"
         )
@@ -309,7 +312,11 @@ def _costs(summary: BenchSummary) -> str:
         '<p class="note">Edit time is per edit: a batch:B update\'s time is divided by its B '
         "cases; a sequential case counts once, with the edit that applied it. Edit memory is "
         "per update: the memory the update took above what was in use before it (its peak), "
-        "the whole batch's for a batch:B case.</p>"
+        "the whole batch's for a batch:B case; peak memory is all in use at the update's peak, "
+        "the model included. On CUDA both come from the allocator and are exact. On CPU they "
+        "are the process's resident set (its high-water mark reset before each update): memory "
+        "that earlier work freed and the C allocator kept is reused without growing it, so "
+        "there the edit memory is a lower bound.</p>"
     )
 
 
