@@ -176,3 +176,34 @@ def test_audit_of_the_eiffel_tower_edit(smol):
         assert name in metrics
     # the edit holds in more follow-up turns than the unedited model gave the new answer
     assert metrics["dialogue_kept_rate"]["post"] > metrics["dialogue_kept_rate"]["pre"]
+
+
+def test_a_bench_of_rome_on_smollm2_with_its_report(smol, tmp_path):
+    from kedit.bench import BenchPlan, BenchStore, run_bench
+    from kedit.bench.aggregate import summarize_bench
+    from kedit.bench.findings import evaluate_claims
+    from kedit.bench.report import write_report
+
+    model, tok, _ = smol
+    plan = BenchPlan(
+        methods=["rome"],
+        scenarios=["single", "sequential:1,2"],
+        dataset="counterfact",
+        limit=2,
+        general=["wikitext"],
+        general_limit=5,
+        data_dir=str(data_dir()),
+    )
+    outcome = run_bench(plan, tmp_path, model=model, tok=tok, progress=False)
+    assert outcome.failures == {} and set(outcome.status.values()) == {"done"}
+    with BenchStore(tmp_path, create=False) as store:
+        rows = [r for r in store.results() if r["measure"] == "efficacy_score"]
+        general = {r["checkpoint"]: r["post"] for r in store.results() if r["case_id"] == "general"}
+    single = [r for r in rows if r["job_id"] == "rome/single"]
+    assert len(single) == 2 and all(r["post"] == 1.0 for r in single)
+    assert sum(r["pre"] for r in single) < 2.0
+    assert sorted(general) == [0, 1, 2] and 20 < general[0] < 80  # WikiText perplexity
+    report = write_report(tmp_path).read_text()
+    assert "rome" in report and report.count("<img") >= 3
+    findings = {f.claim: f for f in evaluate_claims(summarize_bench(tmp_path))}
+    assert findings["rome-kn-degrade"].verdict == "not run"  # no checkpoint 10 or 20 here
