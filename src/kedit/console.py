@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if abs(value) >= 1e6 else f"{value:.3f}"
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -18,6 +18,20 @@ if TYPE_CHECKING:
     from kedit.bench.aggregate import BenchSummary
 
 
+def format_relative(change: float) -> str:
+    """A relative change as a percentage, or as a factor once it is tenfold or more (a
+    perplexity that exploded)."""
+    return f"x{1 + change:.3g}" if abs(change) >= 10 else f"{change:+.1%}"
+
+
+def format_value(value: float | None, digits: int = 3) -> str:
+    """A score with ``digits`` decimals; very large values (an exploded perplexity) in
+    scientific notation."""
+    if value is None:
+        return "–"
+    return f"{value:.3g}" if abs(value) >= 1e6 else f"{value:.{digits}f}"
+
+
 def task_change(value: float, base: float, higher_is_better: bool) -> float | None:
     """A task's change from the unedited model's ``base``: ``value - base`` where higher is
     better, ``value / base - 1`` where lower is (None if ``base`` is 0)."""
@@ -41,7 +55,7 @@ class GeneralChange:
         if self.downstream is not None:
             parts.append(f"downstream {self.downstream:+.3f}")
         if self.perplexity is not None:
-            parts.append(f"perplexity {self.perplexity:+.1%}")
+            parts.append(f"perplexity {format_relative(self.perplexity)}")
         return f"after {self.checkpoint}: {', '.join(parts)}"
 
     def numbers(self, method: str) -> dict[str, float]:

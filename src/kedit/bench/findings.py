@@ -27,7 +27,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kedit.bench.ability import GeneralChange, general_changes, task_changes
+from kedit.bench.ability import (
+    GeneralChange,
+    format_relative,
+    format_value,
+    general_changes,
+    task_changes,
+)
 from kedit.bench.aggregate import BenchSummary, JobInfo
 from kedit.methods import ALIASES, METHODS, get_method
 
@@ -117,7 +123,7 @@ def _name(method: str) -> str:
 
 
 def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+    return format_value(value)
 
 
 #: comparisons with a threshold allow this much floating-point noise
@@ -374,7 +380,8 @@ def _unchanged(summary: BenchSummary, method: str) -> tuple[bool | None, str, di
         ok &= all(abs(p) <= PERPLEXITY_TOLERANCE for p in perplexity.values())
         numbers[f"{method}_perplexity_change"] = perplexity[task]
         parts.append(
-            f"perplexity {task} {perplexity[task]:+.1%} (tolerance ±{PERPLEXITY_TOLERANCE:.0%})"
+            f"perplexity {task} {format_relative(perplexity[task])} "
+            f"(tolerance ±{PERPLEXITY_TOLERANCE:.0%})"
         )
     return ok, f"{_name(method)} after {last} edits: {', '.join(parts)}", numbers
 

@@ -25,6 +25,10 @@ def require_matplotlib() -> Any:
     return figure
 
 
+#: a plot whose values span more than this factor gets a logarithmic y axis
+LOG_SCALE_RATIO = 100.0
+
+
 def plot_png(plot: DecayPlot, dpi: int = 100) -> bytes:
     """``plot`` as a PNG: one line per method, the number of sequential edits on the x axis
     (0 is the unedited model)."""
@@ -41,6 +45,9 @@ def plot_png(plot: DecayPlot, dpi: int = 100) -> bytes:
         ax.plot(xs, ys, marker=markers[i % len(markers)], markersize=4, label=curve.label)
     checkpoints = sorted({k for c in plot.curves for k, _ in c.points})
     ax.set_xticks(checkpoints)
+    values = [v for c in plot.curves for _, v in c.points]
+    if values and min(values) > 0 and max(values) / min(values) > LOG_SCALE_RATIO:
+        ax.set_yscale("log")  # one method's perplexity exploded: keep the others readable
     ax.set_xlabel("sequential edits (0 = unedited)")
     ax.set_ylabel(f"{plot.quantity} ({'higher' if plot.higher_is_better else 'lower'} is better)")
     ax.set_title(plot.title, fontsize=10)
@@ -57,7 +64,7 @@ def alt_text(plot: DecayPlot) -> str:
     ends = []
     for curve in plot.curves:
         (k0, v0), (k1, v1) = curve.points[0], curve.points[-1]
-        ends.append(f"{curve.label} {v0:.3f} at {k0} edits to {v1:.3f} at {k1}")
+        ends.append(f"{curve.label} {v0:.3g} at {k0} edits to {v1:.3g} at {k1}")
     return f"{plot.title} against the number of sequential edits ({plot.scenario}): " + "; ".join(
         ends
     )

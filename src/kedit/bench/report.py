@@ -18,6 +18,7 @@ from itertools import groupby
 from pathlib import Path
 
 from kedit.bench import findings as claims
+from kedit.bench.ability import format_relative, format_value
 from kedit.bench.aggregate import BenchSummary
 from kedit.bench.findings import CLAIMS, Finding, evaluate_claims
 from kedit.bench.plots import alt_text, plot_png, require_matplotlib
@@ -93,7 +94,7 @@ def render_report(summary: BenchSummary, findings: list[Finding]) -> str:
 
 
 def _num(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    return format_value(value, digits)
 
 
 def _facts(summary: BenchSummary) -> str:
@@ -190,7 +191,8 @@ def _summary_row(tables: list[HeadlineTable], label: str) -> str:
                 extra = f" <small>(after {row.checkpoint})</small>"
             change = table.change(row, i)
             if change is not None:
-                text = f"{change:+.3f}" if table.columns[i].higher_is_better else f"{change:+.1%}"
+                higher = table.columns[i].higher_is_better
+                text = f"{change:+.3f}" if higher else format_relative(change)
                 extra += f" <small>{text}</small>"
             css = "num start" if i == 0 else "num"
             cells += f'<td class="{css}">{_num(value)}{extra}</td>'
