@@ -89,6 +89,8 @@ class BenchWorker:
         self.cases = select_cases(plan.dataset, self.env, plan.limit)
         self.by_id = {c.case_id: c for c in self.cases}
         self._editors: dict[str, EditMethod] = {}
+        #: unedited scores by (case ids of one batch, measurement set); see _pre_scores
+        self._unedited: dict[tuple, dict[str, list[ProbeResult]]] = {}
 
     # -- what a job is -------------------------------------------------------------------------
 
@@ -150,12 +152,19 @@ class BenchWorker:
         return editor, chosen, needs_of(chosen), [self.by_id[i] for i in shard.case_ids]
 
     def _pre_scores(self, cases: list[EditCase], needs: Any) -> dict[str, list[ProbeResult]]:
+        """The unedited model's scores of ``cases``, PRE_BATCH cases per batched pass. The model
+        is unedited between shards, so each batch is scored once per worker and measurement
+        set, whatever the method or scenario; every shard gets its own copies to fill."""
         results: dict[str, list[ProbeResult]] = {}
         base = as_language_model(self.model, self.tok)
         for start in range(0, len(cases), PRE_BATCH):
-            score_probes(
-                base, cases[start : start + PRE_BATCH], needs, "pre", results, self.env.seed
-            )
+            chunk = cases[start : start + PRE_BATCH]
+            key = (tuple(c.case_id for c in chunk), needs)
+            if key not in self._unedited:
+                self._unedited[key] = {}
+                score_probes(base, chunk, needs, "pre", self._unedited[key], self.env.seed)
+            for case_id, scored in self._unedited[key].items():
+                results[case_id] = [ProbeResult(r.probe, pre=r.pre) for r in scored]
         return results
 
     def _single(self, shard: Shard) -> Iterator[Event]:
