@@ -66,7 +66,7 @@ def child(kind: str, arg: str, device: str | None) -> dict:
         editor = make_method("rome", model, None, env)
         out["rss_mb"], out["restore_mb"] = {}, {}
         for i, case in enumerate(cases, 1):
-            session.apply(case.request, editor)
+            session.edit(case.request, editor)
             if i in (1, 10, 20, 40):
                 out["rss_mb"][i] = round(current_rss_mb(), 1)
                 out["restore_mb"][i] = round(session.restore_bytes / 2**20, 3)

@@ -20,10 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from kedit.bench.aggregate import summarize_bench
 from kedit.bench.export import export_results
 from kedit.bench.report import write_report
 from kedit.bench.store import BenchStore, UnitResult
+from kedit.bench.summary import summarize_bench
+from kedit.eval.rows import CaseRow, MeasureRow, Unit
 
 MEASURES = 21
 
@@ -31,20 +32,20 @@ MEASURES = 21
 def synthetic_unit(index: int) -> UnitResult:
     case_id = f"case-{index:05d}"
     results = [
-        {
-            "case_id": case_id,
-            "checkpoint": 1,
-            "measure": f"measure_{m:02d}",
-            "group": "reliability",
-            "protocol": "probability comparison",
-            "higher_is_better": True,
-            "pre": 0.25,
-            "post": 0.75,
-        }
+        MeasureRow(
+            case_id,
+            1,
+            f"measure_{m:02d}",
+            "reliability",
+            "probability comparison",
+            True,
+            0.25,
+            0.75,
+        )
         for m in range(MEASURES)
     ]
-    case = {"case_id": case_id, "checkpoint": 1, "edit_time_s": 6.5, "eval_time_s": 2.1}
-    return UnitResult("rome/single", case_id, [case], results)
+    case = CaseRow(case_id, 1, edit_time_s=6.5, eval_time_s=2.1)
+    return UnitResult("rome/single", Unit(case_id, [case], results))
 
 
 def time_writes(n: int) -> list[float]:

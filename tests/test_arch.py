@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from kedit.methods import get_method
+from kedit.methods import METHODS
 from kedit.model.arch import (
     ARCHS,
     BLOCK_PARTS,
@@ -11,6 +11,7 @@ from kedit.model.arch import (
     UnknownArchitectureError,
     arch_of,
     is_conv1d,
+    num_layers,
     weight_out_in,
 )
 from kedit.types import EditRequest
@@ -40,8 +41,9 @@ def test_spec_paths_resolve_on_a_tiny_model(model_type):
     model = tiny_model(model_type)
     spec = arch_of(model)
     assert spec.model_type == model_type
-    n = spec.num_layers(model)
-    assert n == 2
+    n = num_layers(model)
+    assert n == 2 == len(model.get_submodule(spec.layers))  # the config's depth is the modules'
+
     for layer in range(n):
         for part in BLOCK_PARTS:
             for path in spec.paths(part, layer):
@@ -114,7 +116,7 @@ def test_a_new_architecture_is_declared_without_editing_kedit(tokenizer, env):
     ARCHS.register(spec)
     try:
         request = EditRequest("Tourists visit {}", "the Eiffel Tower", "Rome")
-        method = get_method("ft-m").for_model(model, {"layer": 1, "num_steps": 2}, env)
+        method = METHODS["ft-m"].for_model(model, {"layer": 1, "num_steps": 2}, env)
         method.edit(model, tokenizer, request).restore()
     finally:
         ARCHS._specs.pop("renamed_llama")

@@ -14,9 +14,11 @@ import pytest
 import torch
 import yaml
 
-from kedit.bench import BenchPlan, BenchStore, Scenario, parse_scenarios, run_bench
-from kedit.bench.plan import BASELINE_JOB, job_shards, job_units
+from kedit.bench import BenchPlan, BenchStore, run_bench
+from kedit.bench.plan import BASELINE_JOB
 from kedit.bench.store import UnitResult
+from kedit.eval.protocols import Batch, Sequential, Single, parse_protocol, parse_protocols
+from kedit.eval.rows import CaseRow, MeasureRow, Unit
 from tests.conftest import REPO, assert_same_state, data_dir, snapshot, tiny_model
 from tests.tiny_configs import TINY
 
@@ -67,15 +69,31 @@ def stored(bench_dir: Path) -> tuple[list[tuple], list[tuple]]:
 
 
 def test_scenarios_parse_from_the_command_line_form():
-    assert [str(s) for s in parse_scenarios("single,batch:10,sequential:1,10,20,40")] == [
+    text = "single,batch:10,sequential:1,10,20,40,sequential:100,200;batch=100"
+    assert [str(s) for s in parse_protocols(text)] == [
         "single",
         "batch:10",
         "sequential:1,10,20,40",
+        "sequential:100,200;batch=100",
     ]
-    assert Scenario.parse("sequential:20,1,10").sizes == (1, 10, 20)
-    for bad in ("double", "batch", "batch:2,3", "sequential", "single:3", "batch:0", "batch:x"):
+    assert parse_protocol("sequential:20,1,10").checkpoints == (1, 10, 20)
+    assert parse_protocol("sequential:5;scoring=immediate") == Sequential((5,), 1, "immediate")
+    assert parse_protocols("single,batch:3") == [Single(), Batch(3)]
+    for bad in (
+        "double",
+        "batch",
+        "batch:2,3",
+        "sequential",
+        "single:3",
+        "batch:0",
+        "batch:x",
+        "sequential:1,3;batch=2",  # a checkpoint inside a batch
+        "sequential:1,3;scoring=immediate",  # immediate scoring has no checkpoints
+        "sequential:3;colour=red",
+        "general",  # the unedited baseline is the bench's own job, not a scenario
+    ):
         with pytest.raises(ValueError):
-            Scenario.parse(bad)
+            parse_protocol(bad)
 
 
 def test_a_plan_fails_on_every_problem_before_loading_anything():
@@ -90,6 +108,8 @@ def test_a_plan_fails_on_every_problem_before_loading_anything():
     message = str(err.value)
     for part in ("no-such-method", "edits 40 cases but --limit is 20", "no-task", "memit"):
         assert part in message
+    with pytest.raises(ValueError, match="did you mean 'layer'"):
+        BenchPlan(methods=["rome"], scenarios=["single"], overrides={"rome": {"layerr": 3}})
     assert BenchPlan(methods=["ft"], scenarios=["single"]).methods == ["ft-l"]  # alias
 
 
@@ -117,16 +137,18 @@ def test_a_plan_file_reads_like_the_options(tmp_path):
 def test_shards_are_fixed_by_position_and_skip_finished_units():
     ids = [f"c{i}" for i in range(20)]
     plan = BenchPlan(methods=["memit"], scenarios=["single", "batch:3", "sequential:1,10"])
-    single, batch, sequential = plan.jobs()
-    shards = job_shards(single, ids, {"c0", "c1"})
+    single, batch, sequential = (job.protocol for job in plan.jobs())
+    shards = single.shards(ids, {"c0", "c1"})
     assert [len(s.case_ids) for s in shards] == [16, 4]  # c0, c1 still pre-scored with c2..c15
     assert "c0" not in shards[0].units and len(shards[0].units) == 14
-    assert job_shards(single, ids, set(ids[:16]))[0].case_ids == tuple(ids[16:])
-    assert job_units(batch, ids) == {f"batch@c{i}" for i in range(0, 20, 3)}
-    assert [len(s.case_ids) for s in job_shards(batch, ids, set())] == [15, 5]
-    (seq,) = job_shards(sequential, ids, {"checkpoint@1"})
+    assert single.shards(ids, set(ids[:16]))[0].case_ids == tuple(ids[16:])
+    assert batch.units(ids) == {f"batch@c{i}" for i in range(0, 20, 3)}
+    assert [len(s.case_ids) for s in batch.shards(ids, set())] == [15, 5]
+    (seq,) = sequential.shards(ids, {"checkpoint@1"})
     assert seq.case_ids == tuple(ids[:10]) and seq.units == {"checkpoint@10"}
-    assert job_shards(sequential, ids, {"checkpoint@1", "checkpoint@10"}) == []
+    assert sequential.shards(ids, {"checkpoint@1", "checkpoint@10"}) == []
+    immediate = Sequential((4,), 2, "immediate")
+    assert immediate.units(ids) == {"edit@2", "edit@4"}
 
 
 # -- the store ----------------------------------------------------------------------------------
@@ -135,20 +157,11 @@ def test_shards_are_fixed_by_position_and_skip_finished_units():
 def test_a_unit_is_written_once_and_a_different_bench_is_refused(tmp_path):
     unit = UnitResult(
         "rome/single",
-        "c1",
-        [{"case_id": "c1", "checkpoint": 1, "edit_time_s": 1.0, "details": {"x": 1}}],
-        [
-            {
-                "case_id": "c1",
-                "checkpoint": 1,
-                "measure": "efficacy_score",
-                "group": "reliability",
-                "protocol": "probability comparison",
-                "higher_is_better": True,
-                "pre": 0.0,
-                "post": 1.0,
-            }
-        ],
+        Unit(
+            "c1",
+            [CaseRow("c1", 1, edit_time_s=1.0, details={"x": 1})],
+            [MeasureRow("c1", 1, "efficacy_score", "reliability", "prob", True, 0.0, 1.0)],
+        ),
     )
     with BenchStore(tmp_path) as store:
         store.check_identity({"model": "m", "seed": 0})
@@ -168,10 +181,11 @@ def test_a_unit_is_written_once_and_a_different_bench_is_refused(tmp_path):
 
 
 def test_a_failing_unit_write_leaves_nothing_behind(tmp_path):
-    bad = UnitResult("j/single", "c1", [{"case_id": "c1", "checkpoint": 1}], [{"case_id": "c1"}])
+    broken = MeasureRow("c1", 1, "m", "g", "p", None, 0.0, 1.0)  # no direction: cannot be stored
+    bad = UnitResult("j/single", Unit("c1", [CaseRow("c1", 1)], [broken]))
     with BenchStore(tmp_path) as store:
         store.open_job("j/single", "j", "single", {})
-        with pytest.raises(KeyError):
+        with pytest.raises(TypeError):
             store.write_unit(bad)
         assert store.count("cases") == 0 and store.count("units") == 0
 
@@ -217,7 +231,7 @@ def test_a_local_bench_stores_every_case_measure_and_checkpoint(
     assert {"efficacy_score", "paraphrase_score", "neighborhood_score"} <= measures
     general = [r for r in rows if r["case_id"] == "general"]
     assert {r["measure"] for r in general} == {"wikitext", "sst2"}
-    assert all(r["grp"] == "general" and r["post"] is not None for r in general)
+    assert all(r["group"] == "general" and r["post"] is not None for r in general)
     efficacy = [r for r in rows if r["measure"] == "efficacy_score"]
     assert all(r["pre"] is not None and 0 <= r["post"] <= 1 for r in efficacy)
     edits = [c for c in cases if c["job_id"] == "memit/single"]
@@ -260,6 +274,7 @@ def _env() -> dict[str, str]:
     return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 
 
+@pytest.mark.subprocess
 def test_a_bench_killed_at_any_moment_resumes_to_the_same_rows(model_dir, corpus_file, tmp_path):
     plan = make_plan(model_dir, corpus_file, tmp_path / "cache").to_dict()
     plan_file = tmp_path / "plan.yaml"
@@ -295,6 +310,7 @@ def test_a_bench_killed_at_any_moment_resumes_to_the_same_rows(model_dir, corpus
     assert stored(resumed) == expected  # same rows and values, none twice, none missing
 
 
+@pytest.mark.ray
 def test_a_ray_bench_gives_the_local_numbers(model_dir, corpus_file, tmp_path):
     import ray  # the ray extra, installed by scripts/setup.sh
 
@@ -355,3 +371,53 @@ def test_the_bench_and_report_commands(model_dir, corpus_file, tmp_path, capsys)
     assert (out / "results.csv").is_file() and (out / "results.parquet").is_file()
     assert "results.csv" in printed
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_eval_and_bench_are_two_sinks_of_the_same_rows(model_dir, corpus_file, tmp_path):
+    """One engine: the rows ``kedit eval`` writes as JSON lines are the rows the bench stores."""
+    from kedit.env import Environment
+    from kedit.eval.evaluate import evaluate
+    from kedit.eval.results import rows_of
+    from kedit.model.loading import load_model
+
+    model, tok = load_model(str(model_dir), device="cpu", dtype="float32")
+    plan = make_plan(
+        model_dir,
+        corpus_file,
+        tmp_path / "cache",
+        methods=["memit"],
+        overrides={"memit": TINY["memit"]},
+    )
+    plan.scenarios = plan.scenarios[:1] + plan.scenarios[2:]  # single and sequential:1,3,5
+    run_bench(plan, tmp_path / "bench", model=model, tok=tok, progress=False)
+    with BenchStore(tmp_path / "bench", create=False) as store:
+        stored_rows = store.results()
+    env = Environment(
+        cache_dir=tmp_path / "cache", data_dir=data_dir(), stats_corpus=str(corpus_file), seed=0
+    )
+
+    def values(rows) -> set[tuple]:
+        return {(r.case_id, r.checkpoint, r.measure, r.pre, r.post, r.weight) for r in rows}
+
+    for protocol in plan.scenarios:
+        report = evaluate(
+            model,
+            tok,
+            "demo",
+            "memit",
+            protocol=protocol,
+            overrides=TINY["memit"],
+            limit=plan.limit,
+            general=plan.general if protocol.kind == "sequential" else (),
+            general_limit=plan.general_limit,
+            env=env,
+            progress=False,
+        )
+        written = [m for line in report.rows for m in rows_of(line)[1]]
+        job = f"memit/{protocol}"
+        in_store = [
+            MeasureRow.from_dict(r) for r in stored_rows if r["job_id"] in (job, BASELINE_JOB)
+        ]
+        if protocol.kind != "sequential":
+            in_store = [r for r in in_store if r.checkpoint != 0]
+        assert written and values(written) == values(in_store), protocol

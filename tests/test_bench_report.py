@@ -19,14 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from kedit.bench.aggregate import (
-    STATUS_NOT_APPLICABLE,
-    BenchSummary,
-    choose_headlines,
-    job_costs,
-    measure_means,
-    summarize_bench,
-)
 from kedit.bench.driver import BenchOutcome
 from kedit.bench.export import COLUMNS, export_results
 from kedit.bench.findings import (
@@ -40,7 +32,17 @@ from kedit.bench.plan import BASELINE as UNEDITED
 from kedit.bench.plan import BASELINE_JOB
 from kedit.bench.report import render_report, write_report
 from kedit.bench.store import DB_FILE, BenchStore, UnitResult
+from kedit.bench.summary import (
+    STATUS_NOT_APPLICABLE,
+    BenchSummary,
+    choose_headlines,
+    job_costs,
+    job_means,
+    summarize_bench,
+)
+from kedit.bench.tables import decay_plots, scenario_table
 from kedit.console import format_bench
+from kedit.eval.rows import CaseRow, MeasureRow, Unit
 
 MODEL = "tiny-model"
 DATASET = "counterfact"
@@ -161,12 +163,24 @@ def case_values(rel: float, gen: float, loc: float) -> dict[str, float]:
     }
 
 
+def unit_result(job: str, key: str, cases=(), results=()) -> UnitResult:
+    """A unit of rows written as mappings (the store's columns)."""
+    return UnitResult(
+        job,
+        Unit(
+            key,
+            [CaseRow.from_dict(c) for c in cases],
+            [MeasureRow.from_dict({"pre": None, "weight": 1} | r) for r in results],
+        ),
+    )
+
+
 def build_bench(root: Path) -> None:
     with BenchStore(root) as store:
         store.check_identity({"model": MODEL, "dataset": DATASET, "limit": N_CASES, "seed": 0})
-        store.open_job(BASELINE_JOB, "unedited", str(UNEDITED.scenario), info("unedited"))
+        store.open_job(BASELINE_JOB, "unedited", str(UNEDITED.protocol), info("unedited"))
         store.write_unit(
-            UnitResult(
+            unit_result(
                 BASELINE_JOB,
                 "general",
                 cases=[{"case_id": "general", "checkpoint": 0, "eval_time_s": 5.0}],
@@ -181,7 +195,7 @@ def build_bench(root: Path) -> None:
                 case = f"c{i:02d}"
                 if method == "ft-l" and i == 3:  # one failed edit: a case row, no results
                     row = {"case_id": case, "checkpoint": 1, "error": "RuntimeError: diverged"}
-                    store.write_unit(UnitResult(job, case, cases=[row]))
+                    store.write_unit(unit_result(job, case, cases=[row]))
                     continue
                 # paraphrases pooled with weights 2 and 1 around the mean: the weighted mean is
                 # ``gen``, the unweighted one 0.025 lower
@@ -197,7 +211,7 @@ def build_bench(root: Path) -> None:
                     "memory_kind": "cpu rss",
                 }
                 results = case_rows(case, 1, values, paraphrase_weight=weight)
-                store.write_unit(UnitResult(job, case, cases=[case_row], results=results))
+                store.write_unit(unit_result(job, case, cases=[case_row], results=results))
             store.finish_job(job)
         for method, reliability in SEQ_RELIABILITY.items():
             job = f"{method}/{SEQUENTIAL}"
@@ -220,7 +234,7 @@ def build_bench(root: Path) -> None:
                     results += case_rows(case, k, case_values(rel, gen, loc))
                 cases.append({"case_id": "general", "checkpoint": k, "eval_time_s": 5.0})
                 results += general_rows(general_at(method, k), k)
-                store.write_unit(UnitResult(job, f"checkpoint-{k}", cases=cases, results=results))
+                store.write_unit(unit_result(job, f"checkpoint-{k}", cases=cases, results=results))
             store.finish_job(job)
         store.open_job("rome/batch:10", "rome", "batch:10", info("rome"))
         store.finish_job("rome/batch:10", "not applicable", NOT_APPLICABLE_NOTE)
@@ -228,10 +242,11 @@ def build_bench(root: Path) -> None:
         for b in range(2):
             cases = [f"c{i:02d}" for i in range(10 * b, 10 * b + 10)]
             store.write_unit(
-                UnitResult(
+                unit_result(
                     "memit/batch:10",
                     f"batch-{b}",
-                    cases=[{"case_id": c, "checkpoint": 10, "edit_time_s": 3.0} for c in cases],
+                    # each case carries its share of the update's 3 s
+                    cases=[{"case_id": c, "checkpoint": 10, "edit_time_s": 0.3} for c in cases],
                     results=[
                         r for c in cases for r in case_rows(c, 10, case_values(0.85, 0.5, 0.8))
                     ],
@@ -282,25 +297,25 @@ def summary_without(rows: dict, keep) -> BenchSummary:
 
 
 def test_weighted_means_pool_by_weight():
-    base = {"job_id": "m/single", "checkpoint": 1, "measure": "x", "grp": "reliability"}
+    base = {"job_id": "m/single", "checkpoint": 1, "measure": "x", "group": "reliability"}
     base |= {"protocol": "prob", "higher_is_better": 1}
     rows = [
         base | {"case_id": "a", "pre": 0.0, "post": 1.0, "weight": 3},
         base | {"case_id": "b", "pre": 1.0, "post": 0.0, "weight": 1},
         base | {"case_id": "c", "pre": None, "post": None, "weight": 5},
     ]
-    (mean,) = measure_means(rows)
+    ((key, mean),) = job_means(rows).items()
+    assert key == ("m/single", 1, "x")
     assert mean.post == pytest.approx(0.75)
     assert mean.pre == pytest.approx(0.25)
     assert mean.n == 2
-    assert (mean.method, mean.scenario) == ("m", "single")
 
 
 def test_headlines_follow_the_preference():
     assert choose_headlines([]) == {}
-    rows = measure_means(
+    rows = job_means(
         [
-            {"job_id": "m/single", "case_id": "a", "checkpoint": 1, "measure": name, "grp": g}
+            {"job_id": "m/single", "case_id": "a", "checkpoint": 1, "measure": name, "group": g}
             | {"protocol": "p", "higher_is_better": 1, "pre": None, "post": 1.0, "weight": 1}
             for name, g in (
                 ("rewrite_gen_match", "reliability"),
@@ -308,7 +323,7 @@ def test_headlines_follow_the_preference():
             )
         ]
     )
-    assert choose_headlines(rows) == {"reliability": "rewrite_token_acc"}
+    assert choose_headlines(rows.values()) == {"reliability": "rewrite_token_acc"}
 
 
 def test_summary_of_the_bench(summary):
@@ -352,23 +367,23 @@ def test_costs(summary, rows):
     assert seq.median_edit_time_s == pytest.approx(0.595)
     assert seq.median_eval_time_s == pytest.approx(0.1)
     assert BASELINE_JOB not in summary.costs
-    # a batch:10 case row carries its update's 3 s: 0.3 s per edit
+    # a batch:10 case row carries its share of the update
     assert summary.costs["memit/batch:10"].median_edit_time_s == pytest.approx(0.3)
     assert job_costs(rows["cases"]) == summary.costs
 
 
 def test_tables_and_decay_curves(summary):
-    table = summary.table(SEQUENTIAL)
+    table = scenario_table(summary, SEQUENTIAL)
     assert [c.measure for c in table.columns[:2]] == ["efficacy_score", "rewrite_token_acc"]
     assert table.columns[-1].group == "general"
     labels = [(r.label, r.checkpoint) for r in table.rows]
     assert labels[:2] == [("unedited", 1), ("ike", 1)]
     assert len(labels) == len(CHECKPOINTS) * (1 + len(SEQ_RELIABILITY))
-    single = summary.table("single")
+    single = scenario_table(summary, "single")
     assert not [c for c in single.columns if c.group == "general"]
-    batch = summary.table("batch:10")
+    batch = scenario_table(summary, "batch:10")
     assert [j.method for j in batch.not_applicable] == ["rome"]
-    plots = summary.decay_plots(SEQUENTIAL)
+    plots = decay_plots(summary, SEQUENTIAL)
     assert [p.quantity for p in plots] == [
         "efficacy_score",
         "paraphrase_score",
@@ -381,7 +396,7 @@ def test_tables_and_decay_curves(summary):
     assert [v for _, v in rome.points] == pytest.approx([0.10, 1.0, 0.5, 0.3])
     sst2 = next(p for p in plots if p.quantity == "sst2")
     assert next(c for c in sst2.curves if c.label == "grace").points[0] == (0, 0.80)
-    assert summary.decay_plots("single") == []
+    assert decay_plots(summary, "single") == []
 
 
 def test_plan_order_and_read_only_store(bench, tmp_path):
@@ -405,9 +420,9 @@ def test_plan_order_and_read_only_store(bench, tmp_path):
     assert summary.jobs["rome/single"].status == "done"
     planned = [m for m in order if m != "mend"]
     assert summary.methods() == planned
-    table = summary.table(SEQUENTIAL)
+    table = scenario_table(summary, SEQUENTIAL)
     assert [r.label for r in table.rows if r.checkpoint == 1] == ["unedited", *planned]
-    assert [c.label for c in summary.decay_plots(SEQUENTIAL)[0].curves] == planned
+    assert [c.label for c in decay_plots(summary, SEQUENTIAL)[0].curves] == planned
     # without a plan: the store's job order
     with BenchStore(bench, create=False) as store:
         assert BenchSummary.from_store(store).methods() == list(SINGLE)
@@ -480,7 +495,7 @@ def test_findings_on_partial_benches(rows):
 
 
 def test_decay_claims_need_general_tasks(rows):
-    results = [r for r in rows["results"] if r["grp"] != "general"]
+    results = [r for r in rows["results"] if r["group"] != "general"]
     found = findings_of(BenchSummary.from_rows(rows["identity"], rows["jobs"], [], results))
     for claim in ("rome-kn-degrade", "memit-stable"):
         assert found[claim].verdict == NOT_RUN
@@ -495,7 +510,7 @@ def with_general(rows: dict, change) -> BenchSummary:
     """A summary whose general rows pass through ``change(row) -> row or list of rows``."""
     results = []
     for r in rows["results"]:
-        out = change(r) if r["grp"] == "general" else r
+        out = change(r) if r["group"] == "general" else r
         results += out if isinstance(out, list) else [out]
     return BenchSummary.from_rows(rows["identity"], rows["jobs"], rows["cases"], results)
 
@@ -687,6 +702,7 @@ def test_report_needs_matplotlib(bench, monkeypatch):
     assert not (bench / "other.html").exists()
 
 
+@pytest.mark.browser
 def test_report_in_headless_chromium(report):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
@@ -787,7 +803,13 @@ def test_format_bench(summary, rows, bench):
     lines = single.splitlines()
     assert lines[0] == "single"
     assert lines[1].split() == ["method", "reliability", "generalization", "locality", "s/edit"]
-    assert lines[3].split() == ["unedited", "0.100", "0.200", "0.900", "-"]
+    assert lines[3].split() == [
+        "unedited",
+        "0.100",
+        "0.200",
+        "0.900",
+        "–",
+    ]  # one formatter: a missing value prints as in the report
     assert lines[5].split() == ["rome", "0.950", "0.600", "0.850", "1.095"]
     lines = batch.splitlines()
     assert lines[0] == "batch:10, batches of 10"
@@ -796,7 +818,7 @@ def test_format_bench(summary, rows, bench):
     assert lines[0] == f"{SEQUENTIAL}, after 20 edits"
     assert lines[1].split()[4:] == ["mmlu", "rte", "sst2", "wikitext", "s/edit"]
     unedited = ["unedited", "0.100", "0.200", "0.900", "0.400", "0.600", "0.800", "30.000"]
-    assert lines[3].split() == [*unedited, "-"]
+    assert lines[3].split() == [*unedited, "–"]
     rome = next(line.split() for line in lines if line.startswith("rome"))
     assert rome == ["rome", "0.300", "0.600", "0.850", "0.200", "0.400", "0.600", "42.000", "0.595"]
     assert lines[-1] == "lower is better: wikitext"

@@ -244,3 +244,54 @@ def test_audit_prints_a_report_card(model_dir, tmp_path, corpus_file, capsys):
         assert word in text
     assert main([*args[:-2], "--neighbor", "no answer"]) == 2
     assert "PROMPT=ANSWER" in capsys.readouterr().err
+
+
+def test_a_batch_protocol_from_the_command_line(model_dir, tmp_path, corpus_file, capsys):
+    args = ["eval", *common(model_dir, tmp_path, corpus_file), "--method", "memit"]
+    args += ["--set", "layers=[0, 1]", "--set", "mom2_n_samples=50", "--set", "v_num_grad_steps=3"]
+    args += ["--set", "context_template_length_params=[[3, 1]]", "--dataset", "demo"]
+    args += ["--limit", "4", "--protocol", "batch:2", "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["protocol"].startswith("batch:2") and summary["cases"] == 4
+    assert summary["metrics"]["efficacy_score"]["n"] == 4
+    assert main([*args[:-3], "--protocol", "batch:2", "--sequential", "2"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("this is not json", "not valid JSON at line 1"),
+        ('{"a": 1}', "expected a JSON list of records"),
+        ('[{"what": 1}]', "cannot tell the format"),
+    ],
+)
+def test_a_bad_dataset_file_is_named_before_any_model_loads(content, message, tmp_path, capsys):
+    bad = tmp_path / "cases.json"
+    bad.write_text(content)
+    # the model does not exist: the dataset is checked first, so its error is the one shown
+    code = main(["eval", "--model", str(tmp_path / "no-model"), "--dataset", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and str(bad) in err and message in err
+
+
+def test_bad_eval_options_fail_before_any_model_loads(tmp_path, capsys):
+    no_model = ["--model", str(tmp_path / "no-model"), "--dataset", "demo"]
+    cases = [
+        (["--method", "rome", "--protocol", "batch:2"], "one request per update"),
+        (["--method", "rome", "--set", "layerr=3"], "did you mean 'layer'"),
+        (["--method", "rome", "--sequential", "60"], "the dataset has 52"),
+        (["--method", "rome", "--general", "wikitext"], "sequential checkpoints"),
+        (["--method", "rome", "--protocol", "sequential:3;batch=2"], "one request at a time"),
+    ]
+    for options, message in cases:
+        assert main(["eval", *no_model, *options]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_ls_markdown_prints_the_readme_tables(capsys):
+    assert main(["ls", "methods", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| method | family |") and "`ft-l` (FT-L; alias `ft`)" in out
+    assert main(["ls", "datasets", "--markdown"]) == 2

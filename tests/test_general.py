@@ -11,22 +11,16 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from kedit.eval.general import (
-    GENERAL_TASKS,
-    POOL,
-    choice_logprobs,
-    choice_metrics,
-    confusion_matrix,
-    general_ability,
-    mcc,
+from kedit.eval.formulas.classification import confusion_matrix, mcc, weighted_f1
+from kedit.eval.general import GENERAL_TASKS, general_ability
+from kedit.eval.general.downstream import choice_logprobs, choice_metrics, single_token_choices
+from kedit.eval.general.perplexity import (
     perplexity,
-    select_indices,
-    single_token_choices,
     split_first_word,
     truncate,
-    weighted_f1,
     wikitext_paragraphs,
 )
+from kedit.eval.general.task import POOL, select_indices
 from kedit.model.lm import HFLanguageModel, TargetScore
 from tests.conftest import data_dir, tiny_model
 

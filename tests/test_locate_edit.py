@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kedit.methods import EditSession, get_method
+from kedit.methods import METHODS, EditSession
 from kedit.methods._keys import mean_keys, subject_io
 from kedit.methods._stats import stats_for
 from kedit.methods._templates import context_templates, fill, flatten
@@ -32,7 +32,7 @@ def weights(model, paths):
 
 def setup(name, arch, env, **overrides):
     model = tiny_model(arch)
-    method = get_method(name).for_model(model, {**TINY[name], **overrides}, env)
+    method = METHODS[name].for_model(model, {**TINY[name], **overrides}, env)
     return model, method
 
 
@@ -98,11 +98,11 @@ def test_emmet_writes_the_batch_exactly(arch, tokenizer, env):
 def test_alphaedit_leaves_preserved_keys_alone(tokenizer, env):
     model = tiny_model("llama")
     path = MLP["llama"].format(0)
-    probe = get_method("alphaedit").for_model(model, TINY["alphaedit"], env)
+    probe = METHODS["alphaedit"].for_model(model, TINY["alphaedit"], env)
     mom2 = stats_for(model, tokenizer, [path], env, probe.config)[path].double()
     eigenvalues, eigenvectors = torch.linalg.eigh(mom2)
     threshold = float(eigenvalues.quantile(0.5))  # protect the top half of the key variance
-    method = get_method("alphaedit").for_model(
+    method = METHODS["alphaedit"].for_model(
         model, {**TINY["alphaedit"], "layers": [0], "nullspace_threshold": threshold}, env
     )
     before = weights(model, [path])
@@ -117,10 +117,10 @@ def test_alphaedit_leaves_preserved_keys_alone(tokenizer, env):
 def test_alphaedit_keeps_earlier_keys_in_the_session(tokenizer, env):
     model = tiny_model("llama")
     session = EditSession(model, tokenizer, env)
-    session.apply(REQUESTS[0], "alphaedit", **TINY["alphaedit"])
+    session.edit(REQUESTS[0], "alphaedit", overrides=TINY["alphaedit"])
     caches = {k: v for k, v in session.state.items() if k[0] == "alphaedit"}
     assert len(caches) == 2 and all(len(c.factors) == 1 for c in caches.values())
-    session.apply(REQUESTS[1:], "alphaedit", **TINY["alphaedit"])
+    session.edit(REQUESTS[1:], "alphaedit", overrides=TINY["alphaedit"])
     assert all(len(c.factors) == 2 for c in caches.values())
     assert all(c.factors[1].shape[1] == 2 for c in caches.values())
     session.rollback(1)

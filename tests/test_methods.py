@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from kedit.methods import get_method
+from kedit.methods import METHODS
 from kedit.methods._embed import LexicalEmbedder
 from kedit.methods.grace import GraceCodebook
 from kedit.methods.ike import InContextLM, _demo_kinds
+from kedit.model.lm import HFLanguageModel
 from kedit.types import EditRequest
 from tests.conftest import DEVICE, tiny_model
 from tests.tiny_configs import TINY
@@ -22,7 +23,7 @@ def test_ft_l_stays_inside_the_linf_ball_and_touches_one_module(arch, tokenizer,
     model = tiny_model(arch)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     eps = 0.01
-    method = get_method("ft-l").for_model(model, {**TINY["ft-l"], "norm_constraint": eps}, env)
+    method = METHODS["ft-l"].for_model(model, {**TINY["ft-l"], "norm_constraint": eps}, env)
     edit = method.edit(model, tokenizer, REQUEST)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     prefix = "transformer.h.1.mlp.c_proj" if arch == "gpt2" else "model.layers.1.mlp.down_proj"
@@ -35,7 +36,7 @@ def test_ft_l_stays_inside_the_linf_ball_and_touches_one_module(arch, tokenizer,
 def test_ft_m_loss_ignores_the_prompt(tokenizer, env):
     """FT-M's loss is the mean NLL of the target tokens only (prompt masked)."""
     model = tiny_model("llama")
-    method = get_method("ft-m").for_model(model, TINY["ft-m"], env)
+    method = METHODS["ft-m"].for_model(model, TINY["ft-m"], env)
     loss = method._loss(model, tokenizer, [REQUEST]).item()
     ids = tokenizer(REQUEST.text + " Rome")["input_ids"]
     n_prompt = len(tokenizer(REQUEST.text)["input_ids"])
@@ -47,10 +48,19 @@ def test_ft_m_loss_ignores_the_prompt(tokenizer, env):
 
 
 def test_ft_batches_several_requests(tokenizer, env):
+    """Two requests trained in batches of one: each one's target rises. (A random model's small
+    unembedding caps a target's log-probability near -5.9 here, from about -6.7.)"""
     model = tiny_model("llama")
-    method = get_method("ft-m").for_model(model, {**TINY["ft-m"], "batch_size": 1}, env)
-    edit = method.edit(model, tokenizer, [REQUEST, EditRequest("A {}", "dog", "cat")])
-    assert edit.info["final_loss"] < 10
+    requests = [REQUEST, EditRequest("A {}", "dog", "cat")]
+    config = {**TINY["ft-m"], "batch_size": 1, "num_steps": 30}
+    method = METHODS["ft-m"].for_model(model, config, env)
+    lm = HFLanguageModel(model, tokenizer)
+    losses = [method._loss(model, tokenizer, [r]).item() for r in requests]
+    before = [s.mean_logprob for s in lm.score_targets([r.text for r in requests], ["Rome", "cat"])]
+    edit = method.edit(model, tokenizer, requests)
+    after = [s.mean_logprob for s in lm.score_targets([r.text for r in requests], ["Rome", "cat"])]
+    assert all(a > b + 0.4 for a, b in zip(after, before)), (before, after)
+    assert edit.info["final_loss"] < sum(losses) / len(losses) - 0.4
     edit.restore()
 
 
@@ -64,7 +74,7 @@ def codebook() -> GraceCodebook:
 def grace(eps=1.0):
     from kedit.env import Environment
 
-    return get_method("grace")(get_method("grace").config_cls(eps_init=eps), Environment())
+    return METHODS["grace"](METHODS["grace"].config_cls(eps_init=eps), Environment())
 
 
 def test_grace_adds_expands_and_splits_keys():
@@ -95,14 +105,12 @@ def test_grace_replaces_only_inside_the_radius():
 
 def test_grace_leaves_unrelated_prompts_alone(tokenizer, env):
     model = tiny_model("llama")
-    lm_before = get_method("grace")
-    del lm_before
     from kedit.model.lm import HFLanguageModel
 
     lm = HFLanguageModel(model, tokenizer)
     unrelated = ["The capital of Japan is", "Water is made of"]
     before = lm.next_token_logprobs(unrelated)
-    edit = get_method("grace").for_model(model, TINY["grace"], env).edit(model, tokenizer, REQUEST)
+    edit = METHODS["grace"].for_model(model, TINY["grace"], env).edit(model, tokenizer, REQUEST)
     assert torch.allclose(lm.next_token_logprobs(unrelated), before, atol=1e-5)
     edit.restore()
 
@@ -121,7 +129,7 @@ def test_ike_context_has_neighbour_demos_and_the_fact(tokenizer, env):
     model = tiny_model("llama")
     request = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
     config = {**TINY["ike"], "k": 6}
-    edit = get_method("ike").for_model(model, config, env).edit(model, tokenizer, request)
+    edit = METHODS["ike"].for_model(model, config, env).edit(model, tokenizer, request)
     wrapper = edit.model
     assert isinstance(wrapper, InContextLM)
     demos = wrapper.demos.split("\n\n")[:-1]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from kedit.eval.metrics import GROUP_ORDER, METRICS, needs_of, resolve_metrics
+from kedit.eval.metric import GROUP_ORDER, METRICS, needs_of, resolve_metrics
 from kedit.eval.scoring import ProbeResult, ProbeScore, generation_matches, normalize_answer
 from kedit.model.lm import TargetScore
 from kedit.types import Probe, ProbeKind

@@ -5,9 +5,11 @@ import math
 import pytest
 import torch
 
-from kedit.eval.metrics import METRICS
-from kedit.eval.runner import analyses, case_details, case_metrics, summarize
+from kedit.eval.metric import METRICS
+from kedit.eval.rows import CaseRow
+from kedit.eval.scored import case_details, case_measures
 from kedit.eval.scoring import ProbeResult, ProbeScore
+from kedit.eval.summary import dialogue_analyses, pooled
 from kedit.model.lm import TargetScore
 from kedit.types import Probe, ProbeKind
 
@@ -145,18 +147,16 @@ def test_mquake_measures_and_pooled_edit_wise_success():
             "mquake_multi_hop_accuracy",
         )
     ]
-    rows = [
-        {"case_id": str(i), "metrics": case_metrics(r, chosen)}
-        for i, r in enumerate([first, second])
-    ]
-    assert rows[0]["metrics"]["mquake_edit_wise_success"] == {"pre": 0.0, "post": 0.5, "n": 2}
-    assert rows[0]["metrics"]["mquake_instance_accuracy"]["post"] == 1.0  # alias accepted
-    assert rows[1]["metrics"]["mquake_instance_accuracy"]["post"] == 0.0
-    assert rows[0]["metrics"]["mquake_multi_hop_accuracy"]["post"] == 1.0  # any question
-    summary = summarize(rows, chosen, {})
+    rows = [case_measures(str(i), 1, r, chosen) for i, r in enumerate([first, second])]
+    values = [{m.measure: (m.pre, m.post, m.weight) for m in case} for case in rows]
+    assert values[0]["mquake_edit_wise_success"] == (0.0, 0.5, 2)
+    assert values[0]["mquake_instance_accuracy"][1] == 1.0  # alias accepted
+    assert values[1]["mquake_instance_accuracy"][1] == 0.0
+    assert values[0]["mquake_multi_hop_accuracy"][1] == 1.0  # any question
+    means = pooled(rows[0] + rows[1])
     # pooled over the three edited facts (2 of 3 recalled), not the mean of 0.5 and 1.0
-    assert summary["metrics"]["mquake_edit_wise_success"]["post"] == pytest.approx(2 / 3)
-    assert summary["metrics"]["mquake_instance_accuracy"]["post"] == 0.5
+    assert means["mquake_edit_wise_success"].post == pytest.approx(2 / 3)
+    assert means["mquake_instance_accuracy"].post == 0.5
 
 
 # -- fluency -----------------------------------------------------------------------------------
@@ -196,22 +196,21 @@ def test_dialogue_rates_and_reversion_by_confidence():
     assert METRICS["dialogue_confused_rate"](results) == pytest.approx(1 / 3)
     assert METRICS["dialogue_challenge_reverted_rate"](results) == 1.0
     assert METRICS["dialogue_reverted_rate"](results, "pre") == 1.0
-    chosen = [METRICS["dialogue_kept_rate"]]
-    row = {"metrics": case_metrics(results, chosen), "details": case_details(results)}
-    assert [t["post_outcome"] for t in row["details"]["dialogue"]] == [
+    row = CaseRow("c", 1, details=case_details(results))
+    assert [t["post_outcome"] for t in row.details["dialogue"]] == [
         "reverted",
         "kept",
         "confused",
     ]
     # confidence quartiles of (0.9, 0.9, 0.1): edges 0.1 and 0.9, one bin holding all three
-    bins = analyses([row])["dialogue_reversion_by_confidence"]
+    bins = dialogue_analyses([row])["dialogue_reversion_by_confidence"]
     assert [(round(b["low"], 6), round(b["high"], 6), b["count"]) for b in bins] == [(0.1, 0.9, 3)]
-    row["details"]["dialogue"] += [
+    row.details["dialogue"] += [
         {"confidence": 0.5, "post_outcome": "kept"},
         {"confidence": 0.7, "post_outcome": "reverted"},
     ]
     # confidences 0.1 0.5 0.7 0.9 0.9: quartile edges 0.1, 0.5, 0.7, 0.9
-    bins = analyses([row])["dialogue_reversion_by_confidence"]
+    bins = dialogue_analyses([row])["dialogue_reversion_by_confidence"]
     assert [(round(b["low"], 6), b["count"], b["reversion_rate"]) for b in bins] == [
         (0.1, 1, 0.0),
         (0.5, 1, 0.0),

@@ -7,8 +7,9 @@ import pytest
 from kedit.data import load_dataset
 from kedit.data.challenges import dialogue_probes
 from kedit.eval.audit import audit
-from kedit.eval.metrics import METRICS, needs_of
-from kedit.eval.runner import evaluate
+from kedit.eval.evaluate import evaluate
+from kedit.eval.metric import METRICS, needs_of
+from kedit.eval.protocols import Sequential
 from kedit.eval.scoring import dialogue_transcript, first_clause, score_probes
 from kedit.model.lm import as_language_model
 from kedit.types import EditCase, EditRequest, Probe, ProbeKind
@@ -165,23 +166,21 @@ def test_audit_writes_its_own_probes(tokenizer, env):
     (row,) = report.rows
     assert "error" not in row, row.get("error")
     # the old answer is the unedited model's own answer
-    assert row["requests"][0]["target_true"] and row["requests"][0]["target_true"] != "Rome"
+    (written,) = row["details"]["requests"]
+    assert written["target_true"] and written["target_true"] != "Rome"
     groups = {m["group"] for m in report.summary["metrics"].values()}
     assert {"reliability", "generalization", "locality", "general ability", "robustness"} <= groups
 
 
 def test_sequential_run_with_the_pitfalls_suite(tokenizer, env):
-    from kedit.eval.sequential import evaluate_sequential
-
     model = tiny_model("llama")
     before = snapshot(model)
-    report = evaluate_sequential(
+    report = evaluate(
         model,
         tokenizer,
         load_dataset("demo", limit=2),
         "ft-m",
-        n_edits=2,
-        checkpoints=[1],
+        protocol=Sequential.of(2, [1]),
         overrides=TINY["ft-m"],
         suite="pitfalls",
         env=env,

@@ -7,7 +7,7 @@ import pytest
 from kedit.api import evaluate
 from kedit.data import dataset_path, load_dataset
 from kedit.data.loaders import KNOWEDIT_LOCALITY, KNOWEDIT_PORTABILITY, knowedit, knowedit_answers
-from kedit.eval.metrics import METRICS, needs_of
+from kedit.eval.metric import METRICS, needs_of
 from kedit.eval.scoring import ProbeResult, ProbeScore
 from kedit.model.lm import TargetScore
 from kedit.types import Probe, ProbeKind

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kedit.env import Environment
-from kedit.methods import get_method
+from kedit.methods import METHODS
 from kedit.methods._keys import mean_keys, subject_io
 from kedit.methods._stats import second_moments, stats_for, token_cap
 from kedit.methods._templates import context_templates
@@ -21,7 +21,7 @@ REQUEST = EditRequest("Tourists visit {}", "the Eiffel Tower", "Rome", "Paris")
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_update_is_rank_one_and_writes_v_star(arch, tokenizer, env):
     model = tiny_model(arch)
-    method = get_method("rome").for_model(model, TINY["rome"], env)
+    method = METHODS["rome"].for_model(model, TINY["rome"], env)
     path = "transformer.h.0.mlp.c_proj" if arch == "gpt2" else "model.layers.0.mlp.down_proj"
     module = model.get_submodule(path)
     before = weight_out_in(module).detach().clone()
@@ -146,7 +146,7 @@ def test_context_templates_are_seeded_and_cached(tokenizer, env):
 
 def test_rome_single_request_only(tokenizer, env):
     model = tiny_model("llama")
-    method = get_method("rome").for_model(model, TINY["rome"], env)
+    method = METHODS["rome"].for_model(model, TINY["rome"], env)
     with pytest.raises(ValueError, match="one request at a time"):
         method.edit(model, tokenizer, [REQUEST, REQUEST])
 

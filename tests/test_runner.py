@@ -1,13 +1,14 @@
-"""evaluate(): one JSON line per finished case, resume, summary, errors kept per case."""
+"""evaluate() under the single protocol: one JSON line per finished case, resume, summary,
+errors kept per case."""
 
 import json
 
 import pytest
 
 from kedit.data import load_dataset
-from kedit.eval import runner
-from kedit.eval.runner import evaluate
-from kedit.methods import get_method
+from kedit.eval.engine import Engine
+from kedit.eval.evaluate import evaluate
+from kedit.methods import METHODS
 from tests.conftest import assert_same_state, snapshot, tiny_model
 from tests.tiny_configs import TINY
 
@@ -64,13 +65,13 @@ def test_resume_skips_finished_cases_and_survives_a_torn_line(
     with open(out / "results.jsonl", "a") as f:
         f.write('{"case_id": "demo-003", "metr')  # a writer killed mid-line
     edited = []
-    real = runner.run_case
+    real = Engine.edit_case
 
-    def counting(model, tok, case, *args):
+    def counting(self, case, *args):
         edited.append(case.case_id)
-        return real(model, tok, case, *args)
+        return real(self, case, *args)
 
-    monkeypatch.setattr(runner, "run_case", counting)
+    monkeypatch.setattr(Engine, "edit_case", counting)
     report = evaluate(
         model,
         tokenizer,
@@ -128,7 +129,7 @@ def test_existing_results_need_resume_and_a_matching_run(tokenizer, env, tmp_pat
 
 def test_a_failing_case_is_recorded_and_the_run_goes_on(tokenizer, env, monkeypatch):
     model = tiny_model("llama")
-    method = get_method("ft-m").for_model(model, TINY["ft-m"], env)
+    method = METHODS["ft-m"].for_model(model, TINY["ft-m"], env)
     real = method.apply
 
     def flaky(model, tok, requests, edit):

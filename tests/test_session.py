@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kedit.methods import EditSession, get_method
+from kedit.methods import METHODS, EditSession
 from kedit.types import EditRequest
 from tests.conftest import assert_same_state, snapshot, tiny_model
 from tests.tiny_configs import TINY
@@ -21,12 +21,12 @@ def test_rollback_reproduces_earlier_states_exactly(name, tokenizer, env):
     states = [snapshot(model)]
     session = EditSession(model, tokenizer, env)
     for request in REQUESTS:
-        session.apply(request, name, **TINY[name])
+        session.edit(request, name, overrides=TINY[name])
         states.append(snapshot(model))
     assert len(session) == 3
     session.rollback(2)
     assert_same_state(model, states[1])
-    session.apply(REQUESTS[2], name, **TINY[name])
+    session.edit(REQUESTS[2], name, overrides=TINY[name])
     session.restore()
     assert_same_state(model, states[0])
     assert len(session) == 0
@@ -36,7 +36,7 @@ def test_grace_edits_share_one_codebook(tokenizer, env):
     model = tiny_model("llama")
     with EditSession(model, tokenizer, env) as session:
         for request in REQUESTS:
-            session.apply(request, "grace", **TINY["grace"])
+            session.edit(request, "grace", overrides=TINY["grace"])
         codebooks = [m for m in model.modules() if type(m).__name__ == "GraceCodebook"]
         assert len(codebooks) == 1 and len(codebooks[0].labels) == 3
         session.rollback(1)
@@ -48,7 +48,7 @@ def test_ike_session_accumulates_facts(tokenizer, env):
     model = tiny_model("llama")
     session = EditSession(model, tokenizer, env)
     for request in REQUESTS[:2]:
-        session.apply(request, "ike", **TINY["ike"])
+        session.edit(request, "ike", overrides=TINY["ike"])
     assert [f.subject for f in session.model.facts] == ["the Eiffel Tower", "Germany"]
     session.rollback(1)
     assert [f.subject for f in session.model.facts] == ["the Eiffel Tower"]
@@ -59,7 +59,7 @@ def test_restore_data_does_not_grow_with_copies(tokenizer, env):
     model = tiny_model("llama")
     session = EditSession(model, tokenizer, env)
     for request in REQUESTS:
-        session.apply(request, "rome", **TINY["rome"])
+        session.edit(request, "rome", overrides=TINY["rome"])
     weight = model.get_submodule("model.layers.0.mlp.down_proj").weight
     one_copy = weight.numel() * weight.element_size()
     factors = (weight.shape[0] + weight.shape[1]) * 4
@@ -71,8 +71,8 @@ def test_only_the_latest_edit_restores_alone(tokenizer, env):
     model = tiny_model("llama")
     before = snapshot(model)
     session = EditSession(model, tokenizer, env)
-    first = session.apply(REQUESTS[0], "ft-m", **TINY["ft-m"])
-    second = session.apply(REQUESTS[1], "ft-m", **TINY["ft-m"])
+    first = session.edit(REQUESTS[0], "ft-m", overrides=TINY["ft-m"])
+    second = session.edit(REQUESTS[1], "ft-m", overrides=TINY["ft-m"])
     with pytest.raises(RuntimeError, match="rollback"):
         first.restore()
     second.restore()
@@ -85,7 +85,7 @@ def test_only_the_latest_edit_restores_alone(tokenizer, env):
 def test_standalone_edit_as_context_manager(tokenizer, env):
     model = tiny_model("gpt2")
     before = snapshot(model)
-    method = get_method("rome").for_model(model, TINY["rome"], env)
+    method = METHODS["rome"].for_model(model, TINY["rome"], env)
     with method.edit(model, tokenizer, REQUESTS[0]) as edit:
         assert edit.active
         assert not torch.equal(

@@ -6,24 +6,24 @@ Example:
     'Michael Jordan plays the sport of'
 """
 
-from kedit.api import BenchPlan, edit, evaluate, load_model, run_bench
+from kedit._version import __version__
+from kedit.api import BenchPlan, EvalReport, edit, evaluate, load_model, run_bench
 from kedit.data import DATASETS, load_dataset
 from kedit.env import Environment
 from kedit.eval.audit import audit
-from kedit.eval.metrics import METRICS
-from kedit.eval.runner import EvalReport
+from kedit.eval.metric import METRICS
+from kedit.eval.protocols import Batch, Protocol, Sequential, Single, parse_protocol
 from kedit.methods import METHODS, Edit, EditMethod, EditSession
 from kedit.model.arch import ArchSpec, arch_of, register_arch
 from kedit.model.lm import HFLanguageModel, LanguageModel
 from kedit.types import EditCase, EditRequest, Probe, ProbeKind
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DATASETS",
     "METHODS",
     "METRICS",
     "ArchSpec",
+    "Batch",
     "BenchPlan",
     "Edit",
     "EditCase",
@@ -36,12 +36,17 @@ __all__ = [
     "LanguageModel",
     "Probe",
     "ProbeKind",
+    "Protocol",
+    "Sequential",
+    "Single",
+    "__version__",
     "arch_of",
     "audit",
     "edit",
     "evaluate",
     "load_dataset",
     "load_model",
+    "parse_protocol",
     "register_arch",
     "run_bench",
 ]

@@ -1,4 +1,4 @@
-"""The public verbs: ``load_model``, ``edit``, ``evaluate``.
+"""The public verbs: ``load_model``, ``edit``, ``evaluate``, ``run_bench``.
 
 Example::
 
@@ -6,9 +6,10 @@ Example::
 
     model, tok = kedit.load_model("smollm2-135m")
     request = kedit.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
-    with kedit.edit(model, tok, request, method="rome") as e:
+    with kedit.edit(model, tok, request, method="rome", overrides={"layer": 6}) as e:
         ...  # e.model is the edited model
     # the model is restored here, bit for bit
+    report = kedit.evaluate(model, tok, "counterfact", "memit", protocol="sequential:1,10,20")
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.bench import BenchPlan, run_bench
 from kedit.env import Environment
-from kedit.eval.runner import EvalReport
-from kedit.eval.runner import evaluate as _evaluate
-from kedit.eval.sequential import evaluate_sequential
+from kedit.eval.evaluate import EvalReport, EvalSetup, evaluate
 from kedit.methods import EditMethod, make_method
-from kedit.methods.base import Edit
+from kedit.methods.edit import Edit
 from kedit.model.loading import load_model
-from kedit.types import EditCase, EditRequest
+from kedit.types import EditRequest
 
 RequestLike = EditRequest | Mapping[str, Any]
 
@@ -50,44 +49,25 @@ def edit(
     tok: PreTrainedTokenizerBase,
     requests: RequestLike | Sequence[RequestLike],
     method: str | EditMethod = "rome",
+    *,
+    overrides: dict[str, Any] | None = None,
     env: Environment | None = None,
-    **overrides: Any,
 ) -> Edit:
     """Apply ``method`` to ``model`` for one request or a batch; returns the :class:`Edit`.
 
-    ``overrides`` set hyperparameters (``layer=5``); unknown names raise ``ValueError``.
+    ``overrides`` set hyperparameters (``{"layer": 5}``); unknown names raise ``ValueError``.
     """
-    if isinstance(method, EditMethod):
-        if overrides:
-            raise ValueError("pass hyperparameter overrides with a method name, not an object")
-        editor = method
-    else:
-        editor = make_method(method, model, overrides, env)
+    editor = make_method(method, model, overrides, env)
     return editor.edit(model, tok, as_requests(requests))
 
 
-def evaluate(
-    model: Any,
-    tok: PreTrainedTokenizerBase,
-    dataset: str | Sequence[EditCase] = "demo",
-    method: str | EditMethod = "rome",
-    **kwargs: Any,
-) -> EvalReport:
-    """Edit and audit every case of ``dataset``.
-
-    With ``n_edits=N`` (and optionally ``batch_size``, ``checkpoints``, ``scoring``) the first
-    N cases are edited in sequence (:func:`kedit.eval.sequential.evaluate_sequential`);
-    otherwise each case is edited on the unedited model (:func:`kedit.eval.runner.evaluate`).
-    """
-    if "n_edits" in kwargs:
-        limit = kwargs.pop("limit", None)
-        if limit is not None and limit != kwargs["n_edits"]:
-            raise ValueError(
-                f"limit={limit} with n_edits={kwargs['n_edits']}: a sequential run edits and "
-                "scores the first n_edits cases; leave limit out"
-            )
-        return evaluate_sequential(model, tok, dataset, method, **kwargs)
-    return _evaluate(model, tok, dataset, method, **kwargs)
-
-
-__all__ = ["BenchPlan", "as_requests", "edit", "evaluate", "load_model", "run_bench"]
+__all__ = [
+    "BenchPlan",
+    "EvalReport",
+    "EvalSetup",
+    "as_requests",
+    "edit",
+    "evaluate",
+    "load_model",
+    "run_bench",
+]

@@ -7,6 +7,7 @@ Examples::
     kedit eval --method rome --dataset counterfact --limit 20 --out runs/rome
     kedit eval --method rome --dataset counterfact-full --suite pitfalls --limit 20
     kedit eval --method memit --sequential 40 --checkpoints 1,10,20 --out runs/memit-seq
+    kedit eval --method memit --protocol batch:10 --limit 40
     kedit audit --method rome --prompt "{} is located in the city of" \\
         --subject "The Eiffel Tower" --target Rome
     kedit bench --methods rome,ft --dataset counterfact --limit 20 \\
@@ -19,32 +20,29 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 from kedit import api
 from kedit.cli_bench import add_bench_parsers, run_bench_command, run_report_command
-from kedit.config import parse_override
-from kedit.console import format_predictions, format_report_card, format_summary
+from kedit.cli_common import checked_overrides, common_options, environment, load
+from kedit.cli_eval import add_eval_parsers, run_audit, run_eval
+from kedit.console import (
+    format_predictions,
+    markdown_measures,
+    markdown_methods,
+)
 from kedit.data import DATASETS
-from kedit.env import Environment
-from kedit.eval.audit import audit
 from kedit.eval.general import GENERAL_TASKS
-from kedit.eval.metrics import METRICS, SUITES, resolve_metrics
-from kedit.methods import ALIASES, METHODS, get_method, make_method
+from kedit.eval.metric import resolve_metrics
+from kedit.methods import METHODS, make_method
 from kedit.methods._spread import edited_layers
 from kedit.methods._stats import StatsConfig, stats_for
-from kedit.model.arch import ARCHS, ArchSpec
+from kedit.model.arch import ARCHS
 from kedit.model.lm import as_language_model
 from kedit.model.loading import ALIASES as MODEL_ALIASES
-from kedit.model.loading import DEFAULT_MODEL
 from kedit.types import EditRequest
-
-log = logging.getLogger("kedit")
 
 UNRELATED = [
     "The capital of Japan is",
@@ -63,33 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"Hub id, local folder or alias (default {DEFAULT_MODEL})",
-    )
-    common.add_argument("--method", default="rome", help="editing method (kedit ls methods)")
-    common.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a method hyperparameter, e.g. --set layer=5",
-    )
-    common.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    common.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    common.add_argument("--data-dir", help="benchmark data folder (default $KEDIT_DATA_DIR)")
-    common.add_argument("--cache-dir", help="statistics and model cache (default $KEDIT_CACHE_DIR)")
-    common.add_argument(
-        "--stats-corpus",
-        default="wikitext-2",
-        help="text for covariance statistics: a file, wikitext-2, or hf:NAME",
-    )
-    common.add_argument("--arch", help="YAML ArchSpec for a model_type kedit does not know")
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--quiet", action="store_true", help="no progress bars")
-    common.add_argument("-v", "--verbose", action="store_true")
+    common = common_options()
 
     edit = sub.add_parser("edit", parents=[common], help="apply one edit and show its effect")
     edit.add_argument("--prompt", required=True, help="template with {} for the subject")
@@ -104,84 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--unrelated", help="a prompt the edit must not change")
     edit.add_argument("--top-k", type=int, default=5)
 
-    ev = sub.add_parser("eval", parents=[common], help="edit and audit every case of a dataset")
-    ev.add_argument("--dataset", default="demo", help="dataset name or file (kedit ls datasets)")
-    ev.add_argument("--limit", type=int, help="first N cases")
-    ev.add_argument(
-        "--suite",
-        choices=list(SUITES),
-        default="core",
-        help="core (default: reliability, generalization, locality, portability) or pitfalls "
-        "(every measure the dataset supports; the rest are listed as skipped)",
-    )
-    ev.add_argument(
-        "--metrics", help="comma-separated metric names (default: the suite's; kedit ls metrics)"
-    )
-    ev.add_argument("--out", help="folder for results.jsonl, run.json, summary.json")
-    ev.add_argument("--resume", action="store_true", help="continue the run in --out")
-    ev.add_argument("--json", action="store_true", help="print the summary as JSON")
-    ev.add_argument(
-        "--sequential",
-        type=int,
-        metavar="N",
-        help="edit the first N cases one after another without restoring",
-    )
-    ev.add_argument(
-        "--batch-size",
-        type=int,
-        default=1,
-        help="with --sequential: edits per update (batch methods)",
-    )
-    ev.add_argument(
-        "--checkpoints",
-        help="with --sequential: also score the cases edited so "
-        "far after these numbers of edits, e.g. 1,10,20,40",
-    )
-    ev.add_argument(
-        "--scoring",
-        choices=["final", "immediate"],
-        default="final",
-        help="with --sequential: score every case after the last edit (final) or "
-        "each right after its own edit (immediate)",
-    )
-    ev.add_argument(
-        "--general",
-        help="with --sequential: general-ability tasks measured before editing and at "
-        "every checkpoint, e.g. wikitext,sst2,mmlu (kedit ls general)",
-    )
-    ev.add_argument(
-        "--general-limit",
-        type=int,
-        default=100,
-        help="examples per general-ability task (default 100, as AlphaEdit)",
-    )
-
-    au = sub.add_parser(
-        "audit",
-        parents=[common],
-        help="one edit, every measure that needs no benchmark, as a report card",
-    )
-    au.add_argument("--prompt", required=True, help="template with {} for the subject")
-    au.add_argument("--subject", required=True)
-    au.add_argument("--target", required=True, help="the new answer")
-    au.add_argument(
-        "--target-true", help="the current answer (default: the unedited model's own answer)"
-    )
-    au.add_argument(
-        "--paraphrase",
-        action="append",
-        default=[],
-        help="another wording of the filled prompt (repeatable; default: written from templates)",
-    )
-    au.add_argument(
-        "--neighbor",
-        action="append",
-        default=[],
-        metavar="PROMPT=ANSWER",
-        help="a prompt about another subject and its answer, which the edit must not change "
-        "(repeatable; default: the edit prompt with well-known subjects)",
-    )
-    au.add_argument("--json", action="store_true", help="print the summary and rows as JSON")
+    add_eval_parsers(sub, common)
 
     st = sub.add_parser(
         "stats", parents=[common], help="precompute the key statistics a method needs"
@@ -192,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list methods, metrics, datasets or models")
     ls.add_argument("what", choices=["methods", "metrics", "datasets", "models", "general"])
+    ls.add_argument(
+        "--markdown",
+        action="store_true",
+        help="methods or metrics as the README's table (scripts/sync_readme.py writes it there)",
+    )
     return parser
 
 
@@ -203,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "ls":
-            print(list_things(args.what))
+            print(list_things(args.what, args.markdown))
             return 0
         commands = {
             "edit": run_edit,
@@ -220,34 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _environment(args: argparse.Namespace) -> Environment:
-    kwargs: dict[str, Any] = {
-        "stats_corpus": args.stats_corpus,
-        "seed": args.seed,
-        "progress": not args.quiet,
-    }
-    if args.cache_dir:
-        kwargs["cache_dir"] = Path(args.cache_dir)
-    if args.data_dir:
-        kwargs["data_dir"] = Path(args.data_dir)
-    return Environment(**kwargs)
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(parse_override(item) for item in args.set)
-
-
-def _load(args: argparse.Namespace, env: Environment) -> tuple[Any, Any]:
-    get_method(args.method)  # fail on a typo before loading a model
-    if args.arch:
-        ARCHS.register(ArchSpec.from_yaml(args.arch), replace=True)
-    return api.load_model(args.model, device=args.device, dtype=args.dtype, cache_dir=env.cache_dir)
-
-
 def run_edit(args: argparse.Namespace) -> int:
-    env = _environment(args)
+    env = environment(args)
     request = EditRequest(args.prompt, args.subject, args.target, args.target_true)
-    model, tok = _load(args, env)
+    overrides = checked_overrides(args)
+    model, tok = load(args, env)
     paraphrase = args.paraphrase or f"Here is a fact. {request.text}"
     unrelated = args.unrelated or next(
         p
@@ -257,7 +134,7 @@ def run_edit(args: argparse.Namespace) -> int:
     prompts = [("edit prompt", request.text), ("paraphrase", paraphrase), ("unrelated", unrelated)]
     lm = as_language_model(model, tok)
     before = lm.next_token_logprobs([p for _, p in prompts])
-    edit = api.edit(model, tok, request, method=args.method, env=env, **_overrides(args))
+    edit = api.edit(model, tok, request, method=args.method, overrides=overrides, env=env)
     try:
         after = edit.lm.next_token_logprobs([p for _, p in prompts])
         print(format_predictions(prompts, before, after, tok, args.top_k))
@@ -270,83 +147,11 @@ def run_edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    env = _environment(args)
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    for name in metrics or []:
-        METRICS[name]
-    if args.resume and not args.out:
-        raise ValueError("--resume needs --out: the folder of the run to continue")
-    sequential = {}
-    if args.sequential is not None:
-        points = [int(x) for x in args.checkpoints.split(",")] if args.checkpoints else []
-        sequential = {
-            "n_edits": args.sequential,
-            "batch_size": args.batch_size,
-            "checkpoints": points,
-            "scoring": args.scoring,
-        }
-        if args.general:
-            sequential["general"] = [t.strip() for t in args.general.split(",") if t.strip()]
-            sequential["general_limit"] = args.general_limit
-    elif args.checkpoints or args.batch_size != 1 or args.general:
-        raise ValueError("--checkpoints, --batch-size and --general go with --sequential N")
-    model, tok = _load(args, env)
-    report = api.evaluate(
-        model,
-        tok,
-        args.dataset,
-        args.method,
-        overrides=_overrides(args),
-        metrics=metrics,
-        suite=args.suite,
-        limit=args.limit,
-        out_dir=args.out,
-        resume=args.resume,
-        env=env,
-        progress=not args.quiet,
-        **sequential,
-    )
-    if args.json:
-        print(json.dumps(report.summary, indent=1))
-    else:
-        print(format_summary(report))
-        if report.out_dir:
-            print(f"\nper-case results: {report.out_dir / 'results.jsonl'}")
-    return 0
-
-
-def run_audit(args: argparse.Namespace) -> int:
-    env = _environment(args)
-    request = EditRequest(args.prompt, args.subject, args.target, args.target_true)
-    neighbors = []
-    for item in args.neighbor:
-        prompt, sep, answer = item.rpartition("=")
-        if not sep or not prompt.strip() or not answer.strip():
-            raise ValueError(f"--neighbor takes PROMPT=ANSWER, got {item!r}")
-        neighbors.append((prompt.strip(), answer.strip()))
-    model, tok = _load(args, env)
-    report = audit(
-        model,
-        tok,
-        request,
-        args.method,
-        paraphrases=args.paraphrase,
-        neighbors=neighbors,
-        overrides=_overrides(args),
-        env=env,
-    )
-    if args.json:
-        print(json.dumps({"summary": report.summary, "rows": report.rows}, indent=1))
-    else:
-        print(format_report_card(report))
-    return 0 if not report.summary["errors"] else 1
-
-
 def run_stats(args: argparse.Namespace) -> int:
-    env = _environment(args)
-    model, tok = _load(args, env)
-    method = make_method(args.method, model, _overrides(args), env)
+    env = environment(args)
+    overrides = checked_overrides(args)
+    model, tok = load(args, env)
+    method = make_method(args.method, model, overrides, env)
     config = method.config
     if not isinstance(config, StatsConfig):
         raise ValueError(f"{args.method} uses no key statistics")
@@ -361,13 +166,18 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def list_things(what: str) -> str:
+def list_things(what: str, markdown: bool = False) -> str:
+    if markdown:
+        tables = {"methods": markdown_methods, "metrics": markdown_measures}
+        if what not in tables:
+            raise ValueError("--markdown lists methods or metrics")
+        return tables[what]()
     if what == "methods":
         rows = [
             (n, "batch" if METHODS[n].supports_batch else "single", METHODS.help(n))
             for n in METHODS.names()
         ]
-        rows += [(a, "alias", f"= {t}") for a, t in ALIASES.items()]
+        rows += [(a, "alias", f"= {t}") for a, t in METHODS.aliases().items()]
     elif what == "metrics":
         rows = [
             (m.name, m.group, f"{m.protocol} [{', '.join(m.suites)}]")

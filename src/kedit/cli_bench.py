@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
-from kedit.bench import BenchPlan, parse_scenarios, run_bench
-from kedit.bench.plan import DEFAULT_GENERAL, read_plan_file, registered_methods
+from kedit.bench import BenchPlan, run_bench
+from kedit.bench.export import export_results
+from kedit.bench.plan import DEFAULT_GENERAL, read_plan_file
+from kedit.bench.report import write_report
+from kedit.bench.summary import summarize_bench
 from kedit.config import parse_override
+from kedit.console import format_bench
+from kedit.eval.protocols import parse_protocols
+from kedit.methods import METHODS
 from kedit.model.loading import DEFAULT_MODEL
-
-log = logging.getLogger("kedit")
 
 DEFAULT_SCENARIOS = "single,sequential:1,10,20"
 
@@ -34,7 +37,8 @@ def add_bench_parsers(sub: Any) -> None:
     bench.add_argument("--dataset", help="dataset name or file (default counterfact)")
     bench.add_argument(
         "--scenarios",
-        help=f"e.g. single,batch:10,sequential:1,10,20,40 (default {DEFAULT_SCENARIOS})",
+        help="editing protocols, e.g. single,batch:10,sequential:1,10,20,40 "
+        f"(sequential:...;batch=B edits B cases per update; default {DEFAULT_SCENARIOS})",
     )
     bench.add_argument("--limit", type=int, help="first N cases (default 20)")
     bench.add_argument("--suite", help="measure suite: core (default) or pitfalls")
@@ -94,12 +98,12 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     data.update({k: v for k, v in given.items() if v is not None})
     if args.methods:
         data["methods"] = (
-            registered_methods()
+            METHODS.names()
             if args.methods.strip() == "all"
             else [m.strip() for m in args.methods.split(",") if m.strip()]
         )
     if args.scenarios or "scenarios" not in data:
-        data["scenarios"] = [str(s) for s in parse_scenarios(args.scenarios or DEFAULT_SCENARIOS)]
+        data["scenarios"] = [str(p) for p in parse_protocols(args.scenarios or DEFAULT_SCENARIOS)]
     if args.general:
         data["general"] = (
             [] if args.general == "none" else [t.strip() for t in args.general.split(",")]
@@ -119,9 +123,6 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
 def run_bench_command(args: argparse.Namespace) -> int:
     plan = plan_from_args(args)
     outcome = run_bench(plan, args.out, progress=not args.quiet)
-    from kedit.bench.aggregate import summarize_bench
-    from kedit.console import format_bench
-
     print(format_bench(summarize_bench(args.out), outcome))
     if not args.no_report:
         print(f"\nreport: {_write_report(Path(args.out), None)}")
@@ -131,8 +132,6 @@ def run_bench_command(args: argparse.Namespace) -> int:
 def run_report_command(args: argparse.Namespace) -> int:
     out = Path(args.dir)
     print(f"report: {_write_report(out, args.html)}")
-    from kedit.bench.export import export_results
-
     for flag, suffix in ((args.csv, ".csv"), (args.parquet, ".parquet")):
         if flag is not None:
             path = Path(flag) if flag else out / f"results{suffix}"
@@ -141,6 +140,4 @@ def run_report_command(args: argparse.Namespace) -> int:
 
 
 def _write_report(bench_dir: Path, html: str | None) -> Path:
-    from kedit.bench.report import write_report
-
     return write_report(bench_dir, Path(html) if html else None)

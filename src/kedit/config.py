@@ -2,8 +2,10 @@
 
 Every method has a ``@dataclass(kw_only=True)`` subclass of :class:`MethodConfig` whose defaults
 are the paper's. Presets in ``kedit/presets/<method>/<model_type>.yaml`` override only what
-differs for an architecture; a preset may also hold a ``by_num_layers`` table for sizes of one
-family (GPT-2 small and XL share ``model_type``). User overrides come last. Unknown keys and
+differs for an architecture; an architecture without a file of its own uses its preset family's
+(``ArchSpec.preset_family``: Mistral, Qwen, Gemma and Phi-3 use Llama's). A preset may also hold a
+``by_num_layers`` table for sizes of one family (GPT-2 small and XL share ``model_type``). Each
+value in a preset file cites its source in a comment. User overrides come last. Unknown keys and
 wrongly typed values are rejected with a message naming the valid fields.
 """
 
@@ -13,7 +15,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,14 +42,15 @@ class MethodConfig:
     @classmethod
     def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
         """Build a config, rejecting unknown keys and values of the wrong type."""
+        return cls(**cls.checked(values))
+
+    @classmethod
+    def checked(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` with known keys and values of the right type (converted where lossless),
+        or a ``ValueError`` naming the field: what can be checked before a model is loaded."""
         check_keys(cls, values)
         hints = typing.get_type_hints(cls)
-        coerced = {k: _coerce(k, v, hints[k], cls.__name__) for k, v in values.items()}
-        return cls(**coerced)
-
-    def replace(self: C, **overrides: Any) -> C:
-        """A copy with ``overrides`` applied and validated like :meth:`from_dict`."""
-        return type(self).from_dict({**self.to_dict(), **overrides})
+        return {k: _coerce(k, v, hints[k], cls.__name__) for k, v in values.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,47 +161,38 @@ def preset_path(method: str, model_type: str) -> Path | None:
 
 
 def load_preset(
-    method: str, model_type: str, num_layers: int | None, config_cls: type[MethodConfig]
+    method: str,
+    model_types: Sequence[str],
+    num_layers: int | None,
+    config_cls: type[MethodConfig],
 ) -> dict[str, Any]:
-    """Preset overrides for one architecture (and, if given, one depth of that family)."""
-    data = _raw_preset(method, model_type)
-    by_layers = data.pop("by_num_layers", {})
-    if num_layers is not None and num_layers in by_layers:
-        data.update(by_layers[num_layers])
-    check_keys(config_cls, data)
-    return data
-
-
-def _raw_preset(method: str, model_type: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A preset file's values, after those of its ``base`` (``base: llama`` for another
-    architecture of the same method, ``base: rome/llama`` for another method's)."""
-    path = preset_path(method, model_type)
+    """The overrides of the first of ``model_types`` that has a preset file for ``method`` (an
+    architecture's own, else its preset family's), with the ``by_num_layers`` entry for this
+    depth applied."""
+    path = next((p for t in model_types if (p := preset_path(method, t)) is not None), None)
     if path is None:
         return {}
     data = yaml.safe_load(path.read_text()) or {}
-    base = data.pop("base", None)
-    if base is None:
-        data["by_num_layers"] = dict(data.get("by_num_layers") or {})
-        return data
-    base_method, _, base_type = base.rpartition("/")
-    here = f"{method}/{model_type}"
-    if here in seen:
-        raise ValueError(f"preset cycle through {here}")
-    inherited = _raw_preset(base_method or method, base_type, (*seen, here))
-    layers = {**inherited.pop("by_num_layers"), **(data.pop("by_num_layers", None) or {})}
-    return {**inherited, **data, "by_num_layers": layers}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a preset is a mapping of config fields to values")
+    by_layers = data.pop("by_num_layers", None) or {}
+    if num_layers is not None and num_layers in by_layers:
+        data.update(by_layers[num_layers])
+    try:
+        check_keys(config_cls, data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return data
 
 
 def resolve_config(
     config_cls: type[C],
     method: str,
-    model_type: str | None = None,
+    model_types: Sequence[str] = (),
     num_layers: int | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> C:
-    """Dataclass defaults, then the preset for ``model_type``, then ``overrides``."""
-    values: dict[str, Any] = {}
-    if model_type is not None:
-        values.update(load_preset(method, model_type, num_layers, config_cls))
+    """Dataclass defaults, then the preset (see :func:`load_preset`), then ``overrides``."""
+    values: dict[str, Any] = load_preset(method, model_types, num_layers, config_cls)
     values.update(overrides or {})
     return config_cls.from_dict(values)

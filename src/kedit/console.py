@@ -4,22 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from kedit.eval.runner import EvalReport
-
-if TYPE_CHECKING:
-    from kedit.bench.aggregate import BenchSummary
-    from kedit.bench.tables import HeadlineTable
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3g}" if abs(value) >= 1e6 else f"{value:.3f}"
+from kedit.bench.driver import BenchOutcome
+from kedit.bench.summary import BenchSummary
+from kedit.bench.tables import HeadlineTable, headline_groups, headline_table
+from kedit.eval.evaluate import EvalReport
+from kedit.eval.metric import resolve_metrics
+from kedit.formatting import MISSING, format_duration
+from kedit.formatting import format_value as _fmt
+from kedit.methods import METHODS
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -56,8 +52,8 @@ def format_summary(report: EvalReport) -> str:
         f"{s['cases']} cases, {s['errors']} errors; {s['protocol']}"
     )
     times = (
-        f"median edit time {_fmt(s['median_edit_time_s'])} s, "
-        f"median evaluation time per case {_fmt(s['median_eval_time_s'])} s"
+        f"median edit time per edit {_fmt(s['median_edit_time_s'])} s, "
+        f"median evaluation time per case after editing {_fmt(s['median_eval_time_s'])} s"
     )
     out = f"{head}\n\n{format_metrics(report)}\n\n{times}"
     if s.get("skipped"):
@@ -92,7 +88,7 @@ def format_general(general: dict[str, dict]) -> str:
         (
             task,
             general[points[0]][task]["metric"],
-            *(_fmt(general[k][task]["score"]) if task in general[k] else "-" for k in points),
+            *(_fmt(general[k][task]["score"]) if task in general[k] else MISSING for k in points),
         )
         for task in tasks
     ]
@@ -159,7 +155,7 @@ def format_report_card(report: EvalReport) -> str:
     row = report.rows[0]
     if "error" in row:
         return f"the edit failed: {row['error']}"
-    request = row["requests"][0]
+    request = row["details"]["requests"][0]
     text = request["prompt"].replace("{}", request["subject"], 1)
     head = (
         f"audit of {report.summary['run']['method']}: {text} "
@@ -183,14 +179,12 @@ def format_report_card(report: EvalReport) -> str:
     return "\n".join(out)
 
 
-def format_bench(summary: BenchSummary, outcome: Any | None = None) -> str:
+def format_bench(summary: BenchSummary, outcome: BenchOutcome | None = None) -> str:
     """A bench at a glance: what this run did (``outcome``, a
-    :class:`kedit.bench.driver.BenchOutcome`); per scenario, methods by the headline measure of
+    :class:`~kedit.bench.driver.BenchOutcome`); per scenario, methods by the headline measure of
     each group after editing (at the last checkpoint: 1 edit for single, the batch size for
     batch:B, the most edits for sequential), the general-ability tasks at the last sequential
     checkpoint and the median edit time per edit; then the jobs that are not done, and why."""
-    from kedit.bench.tables import headline_groups
-
     out = []
     if outcome is not None:
         out.append(_format_outcome(outcome))
@@ -199,7 +193,7 @@ def format_bench(summary: BenchSummary, outcome: Any | None = None) -> str:
         names = ", ".join(f"{g} = {summary.headlines[g]}" for g in shown)
         out.append(f"headline measures after editing: {names} (unedited: before editing)")
     for scenario in summary.scenarios():
-        table = summary.headline_table(scenario)
+        table = headline_table(summary, scenario)
         if table is not None:
             out.append(_format_headline_table(table))
     not_done = [
@@ -214,16 +208,9 @@ def format_bench(summary: BenchSummary, outcome: Any | None = None) -> str:
     return "\n\n".join(out) if out else "the bench has no results yet"
 
 
-def _format_outcome(outcome: Any) -> str:
+def _format_outcome(outcome: BenchOutcome) -> str:
     counts = Counter(outcome.status.values())
-    seconds = outcome.elapsed_s
-    took = (
-        f"{seconds:.1f} s"
-        if seconds < 60
-        else f"{seconds / 60:.1f} min"
-        if seconds < 3600
-        else f"{seconds / 3600:.1f} h"
-    )
+    took = format_duration(outcome.elapsed_s)
     units = f"{outcome.written} unit{'s' * (outcome.written != 1)}"
     failed = max(counts["failed"], len(outcome.failures))
     return (
@@ -245,3 +232,27 @@ def _format_headline_table(table: HeadlineTable) -> str:
     note = f"\nlower is better: {', '.join(lower)}" if lower else ""
     header = ("method", *map(table.heading, table.columns), "s/edit")
     return f"{table.title}\n" + format_table(header, rows) + note
+
+
+def markdown_methods() -> str:
+    """The README's method table, from the registry: one row per method."""
+    aliases: dict[str, list[str]] = {}
+    for alias, name in METHODS.aliases().items():
+        aliases.setdefault(name, []).append(alias)
+    rows = ["| method | family | kind of change | paper | batch |", "|---|---|---|---|---|"]
+    for name in METHODS.names():
+        cls = METHODS[name]
+        also = ", ".join(f"`{a}`" for a in aliases.get(name, []))
+        label = f"`{name}` ({cls.display_name}" + (f"; alias {also})" if also else ")")
+        batch = "yes" if cls.supports_batch else "no"
+        rows.append(f"| {label} | {cls.family} | {METHODS.help(name)} | {cls.paper} | {batch} |")
+    return "\n".join(rows)
+
+
+def markdown_measures() -> str:
+    """The README's measure table, from the registry: one row per measure, in group order."""
+    rows = ["| group | measure | protocol | suites | what it measures |", "|---|---|---|---|---|"]
+    for m in resolve_metrics(None, "pitfalls"):
+        suites = ", ".join(m.suites)
+        rows.append(f"| {m.group} | `{m.name}` | {m.protocol} | {suites} | {m.description} |")
+    return "\n".join(rows)

@@ -9,7 +9,6 @@ it at any moment and run the same command again: it finishes what is missing, no
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +17,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from kedit.bench.executors import EXECUTORS, ShardFailed
-from kedit.bench.plan import BASELINE, BenchPlan, Job, Shard, job_shards, job_units
+from kedit.bench.plan import BASELINE, BenchPlan
 from kedit.bench.store import BenchStore, UnitResult
-from kedit.bench.work import Progress, plan_environment
-from kedit.eval.runner import select_cases
-from kedit.methods import get_method
-
-log = logging.getLogger(__name__)
+from kedit.bench.work import JobProgress, JobShard, plan_environment
+from kedit.eval.protocols import Sequential
+from kedit.eval.selection import select_cases
+from kedit.methods import METHODS
 
 
 @dataclass
@@ -61,10 +59,10 @@ def run_bench(
             for event in executor.run(shards):
                 if isinstance(event, UnitResult):
                     outcome.written += store.write_unit(event)
-                    if display.unit_done(event):
+                    if display.unit_done(event.job_id, event.unit.key):
                         store.finish_job(event.job_id)
                         outcome.status[event.job_id] = "done"
-                elif isinstance(event, Progress):
+                elif isinstance(event, JobProgress):
                     display.progress(event)
                 else:
                     _record_failure(store, event, outcome)
@@ -81,42 +79,36 @@ def _plan_work(
     executor: Any,
     case_ids: list[str],
     outcome: BenchOutcome,
-) -> tuple[list[Shard], dict[str, set[str]]]:
+) -> tuple[list[JobShard], dict[str, set[str]]]:
     """Register the jobs and list the shards still to run; ``expected`` holds each runnable
     job's units."""
     jobs = plan.jobs()
-    if plan.general and any(j.scenario.kind == "sequential" for j in jobs):
+    if plan.general and any(isinstance(j.protocol, Sequential) for j in jobs):
         jobs.insert(0, BASELINE)
     infos = executor.describe(jobs)
-    shards: list[Shard] = []
+    shards: list[JobShard] = []
     expected: dict[str, set[str]] = {}
     for job in jobs:
         info = infos[job.job_id]
         if "error" in info:  # its method could not be set up: record why, run the others
             if not store.has_job(job.job_id):
-                store.open_job(job.job_id, job.method, str(job.scenario), info)
+                store.open_job(job.job_id, job.method, str(job.protocol), info)
             _record_failure(store, ShardFailed(job.job_id, info["error"]), outcome)
             continue
-        store.open_job(job.job_id, job.method, str(job.scenario), info)
-        why_not = _not_applicable(job)
+        store.open_job(job.job_id, job.method, str(job.protocol), info)
+        why_not = job.protocol.why_not(METHODS[job.method]) if job is not BASELINE else None
         if why_not:
             store.finish_job(job.job_id, "not applicable", why_not)
             outcome.status[job.job_id] = "not applicable"
             continue
         finished = store.finished_units(job.job_id)
-        expected[job.job_id] = job_units(job, case_ids)
-        todo = job_shards(job, case_ids, finished)
+        expected[job.job_id] = job.protocol.units(case_ids)
+        todo = [JobShard(job, s) for s in job.protocol.shards(case_ids, finished)]
         if not todo:
             store.finish_job(job.job_id)
             outcome.status[job.job_id] = "done"
         shards += todo
     return shards, expected
-
-
-def _not_applicable(job: Job) -> str | None:
-    if job.scenario.kind == "batch" and not get_method(job.method).supports_batch:
-        return f"{job.method} edits one request per update; {job.scenario} needs a batch method"
-    return None
 
 
 def _record_failure(store: BenchStore, failure: ShardFailed, outcome: BenchOutcome) -> None:
@@ -132,7 +124,7 @@ class _Display:
     def __init__(
         self,
         expected: dict[str, set[str]],
-        shards: list[Shard],
+        shards: list[JobShard],
         store: BenchStore,
         enabled: bool,
     ) -> None:
@@ -143,7 +135,7 @@ class _Display:
             self.steps[shard.job.job_id] = self.steps.get(shard.job.job_id, 0) + _steps(shard)
         self.bars: dict[str, tqdm] = {}
 
-    def progress(self, event: Progress) -> None:
+    def progress(self, event: JobProgress) -> None:
         if not self.enabled or not self.remaining.get(event.job_id):
             return
         bar = self.bars.get(event.job_id)
@@ -155,14 +147,14 @@ class _Display:
             self.bars[event.job_id] = bar
         bar.update(event.steps)
 
-    def unit_done(self, unit: UnitResult) -> bool:
+    def unit_done(self, job_id: str, unit: str) -> bool:
         """Count a stored unit; True when it was the job's last (its bar is then closed)."""
-        remaining = self.remaining.get(unit.job_id)
+        remaining = self.remaining.get(job_id)
         if not remaining:
             return False
-        remaining.discard(unit.unit)
-        if not remaining and unit.job_id in self.bars:
-            self.bars.pop(unit.job_id).close()
+        remaining.discard(unit)
+        if not remaining and job_id in self.bars:
+            self.bars.pop(job_id).close()
         return not remaining
 
     def close(self) -> None:
@@ -170,10 +162,9 @@ class _Display:
             bar.close()
 
 
-def _steps(shard: Shard) -> int:
+def _steps(piece: JobShard) -> int:
     """Progress steps a shard reports: its pending cases, or every edit of a sequence."""
-    if shard.job.scenario.kind == "sequential":
+    protocol, shard = piece.job.protocol, piece.shard
+    if isinstance(protocol, Sequential):
         return len(shard.case_ids)
-    if shard.job.scenario.kind == "batch":
-        return len(shard.units) * shard.job.scenario.sizes[0]  # the last batch may be short
-    return len(shard.units)
+    return len(shard.units) * protocol.update_size()  # the last batch may be short

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kedit.bench.plan import BenchPlan, Job, Shard
-from kedit.bench.work import BenchWorker, Event
+from kedit.bench.plan import BenchPlan, Job
+from kedit.bench.work import BenchWorker, Event, JobShard
 from kedit.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class LocalExecutor:
     def describe(self, jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
         return {job.job_id: _describe(self.worker, job) for job in jobs}
 
-    def run(self, shards: Sequence[Shard]) -> Iterator[Event | ShardFailed]:
+    def run(self, shards: Sequence[JobShard]) -> Iterator[Event | ShardFailed]:
         for shard in shards:
             try:
                 yield from self.worker.run(shard)
@@ -95,12 +95,12 @@ class RayExecutor:
         infos = self.ray.get(self.actors[0].describe.remote(list(jobs)))
         return dict(zip([j.job_id for j in jobs], infos))
 
-    def run(self, shards: Sequence[Shard]) -> Iterator[Event | ShardFailed]:
+    def run(self, shards: Sequence[JobShard]) -> Iterator[Event | ShardFailed]:
         """Hand the shards to idle actors in order; yield events as any of them produces one."""
         ray = self.ray
         queue = list(shards)
         idle = list(self.actors)
-        running: dict[Any, tuple[Any, Shard]] = {}
+        running: dict[Any, tuple[Any, JobShard]] = {}
         while queue or running:
             while queue and idle:
                 actor, shard = idle.pop(0), queue.pop(0)
@@ -142,7 +142,7 @@ class _RayWorker:
     def describe(self, jobs: list[Job]) -> list[dict[str, Any]]:
         return [_describe(self.worker, job) for job in jobs]
 
-    def run(self, shard: Shard) -> Iterator[Event]:
+    def run(self, shard: JobShard) -> Iterator[Event]:
         yield from self.worker.run(shard)
 
 

@@ -88,7 +88,7 @@ def result_rows(store: BenchStore) -> list[dict[str, Any]]:
                 "case_id": r["case_id"],
                 "checkpoint": r["checkpoint"],
                 "measure": r["measure"],
-                "group": r["grp"],
+                "group": r["group"],
                 "protocol": r["protocol"],
                 "higher_is_better": bool(r["higher_is_better"]),
                 "pre": r["pre"],

@@ -1,22 +1,21 @@
 """What a bench runs: a plan of methods × scenarios on one model and dataset, and its jobs.
 
-A scenario is written as on the command line:
+A scenario is an editing protocol (:mod:`kedit.eval.protocols`), written as on the command line:
 
 * ``single``: every case edited on the unedited model, scored, undone;
 * ``batch:B``: the cases in groups of B, each group in one update (batch methods only), scored,
   undone;
 * ``sequential:1,10,20,40``: the first 40 cases edited one after another without undoing; after
   1, 10, 20 and 40 edits the cases edited so far are scored, and the general-ability tasks
-  measured (the decay curves).
+  measured (the decay curves); ``;batch=B`` edits B cases per update.
 
-Each (method, scenario) is a job. Its work is split into *units*, the pieces the store commits
-at once (a case, a batch, a checkpoint), and *shards*, the pieces an executor hands to a worker
-(a few cases whose unedited scores share one batched pass; a whole sequence).
+Each (method, scenario) is a job. A protocol cuts its work into *units*, the pieces the store
+commits at once (a case, a batch, a checkpoint), and *shards*, the pieces an executor hands to a
+worker (a few cases whose unedited scores share one batched pass; a whole sequence).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,49 +23,11 @@ from typing import Any
 import yaml
 
 from kedit.eval.general import GENERAL_TASKS
-from kedit.eval.metrics import SUITES
-from kedit.eval.runner import PRE_BATCH
-from kedit.methods import ALIASES, METHODS, get_method
+from kedit.eval.metric import SUITES
+from kedit.eval.protocols import GeneralBaseline, Protocol, parse_protocol, parse_protocols
+from kedit.methods import METHODS
 
-SCENARIO_KINDS = ("single", "batch", "sequential")
 DEFAULT_GENERAL = ("wikitext", "sst2", "rte", "mmlu")
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """One way of applying the edits: ``kind`` and its sizes (batch size, or checkpoints)."""
-
-    kind: str
-    sizes: tuple[int, ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> Scenario:
-        kind, _, rest = text.strip().partition(":")
-        if kind not in SCENARIO_KINDS:
-            raise ValueError(
-                f"unknown scenario {text!r}: use single, batch:B or sequential:K1,K2,..."
-            )
-        try:
-            sizes = tuple(int(x) for x in rest.split(",") if x.strip()) if rest else ()
-        except ValueError:
-            raise ValueError(f"scenario {text!r}: sizes must be whole numbers") from None
-        if any(s < 1 for s in sizes):
-            raise ValueError(f"scenario {text!r}: sizes must be at least 1")
-        if kind == "single" and sizes:
-            raise ValueError("the single scenario takes no size")
-        if kind == "batch" and len(sizes) != 1:
-            raise ValueError(f"scenario {text!r}: write batch:B with one batch size")
-        if kind == "sequential" and not sizes:
-            raise ValueError(f"scenario {text!r}: write sequential:K1,K2,... (edit counts)")
-        return cls(kind, tuple(sorted(set(sizes))) if kind == "sequential" else sizes)
-
-    def __str__(self) -> str:
-        return self.kind + (":" + ",".join(map(str, self.sizes)) if self.sizes else "")
-
-    @property
-    def cases_needed(self) -> int:
-        """Cases a sequential scenario edits (its last checkpoint); 0 means all of them."""
-        return self.sizes[-1] if self.kind == "sequential" else 0
 
 
 @dataclass(frozen=True)
@@ -74,69 +35,16 @@ class Job:
     """One method under one scenario."""
 
     method: str
-    scenario: Scenario
+    protocol: Protocol
 
     @property
     def job_id(self) -> str:
-        return f"{self.method}/{self.scenario}"
+        return f"{self.method}/{self.protocol}"
 
 
 #: the job that measures the unedited model's general ability once for the whole bench
-BASELINE = Job("unedited", Scenario("general"))
+BASELINE = Job("unedited", GeneralBaseline())
 BASELINE_JOB = BASELINE.job_id  # "unedited/general"
-
-
-@dataclass(frozen=True)
-class Shard:
-    """What one worker runs at once: the cases a job's shard covers (in order) and which of
-    its units are still to do."""
-
-    job: Job
-    case_ids: tuple[str, ...]
-    units: frozenset[str]
-
-
-def checkpoint_unit(edits: int) -> str:
-    return f"checkpoint@{edits}"
-
-
-def batch_unit(first_case_id: str) -> str:
-    return f"batch@{first_case_id}"
-
-
-def job_shards(job: Job, case_ids: Sequence[str], finished: set[str]) -> list[Shard]:
-    """The shards of ``job`` over ``case_ids`` that still have units to do.
-
-    Shards are fixed by position (never by what is finished), so a resumed or distributed run
-    scores exactly the batches an uninterrupted local run scores.
-    """
-    kind = job.scenario.kind
-    if job.job_id == BASELINE_JOB:
-        pieces = [((), [checkpoint_unit(0)])]
-    elif kind == "sequential":
-        ids = tuple(case_ids[: job.scenario.cases_needed])
-        pieces = [(ids, [checkpoint_unit(k) for k in job.scenario.sizes])]
-    elif kind == "single":
-        chunks = [tuple(case_ids[i : i + PRE_BATCH]) for i in range(0, len(case_ids), PRE_BATCH)]
-        pieces = [(chunk, list(chunk)) for chunk in chunks]
-    else:
-        size = job.scenario.sizes[0]
-        per_shard = size * max(1, PRE_BATCH // size)
-        pieces = []
-        for i in range(0, len(case_ids), per_shard):
-            chunk = tuple(case_ids[i : i + per_shard])
-            pieces.append((chunk, [batch_unit(chunk[j]) for j in range(0, len(chunk), size)]))
-    shards = []
-    for ids, units in pieces:
-        todo = frozenset(units) - finished
-        if todo:
-            shards.append(Shard(job, ids, todo))
-    return shards
-
-
-def job_units(job: Job, case_ids: Sequence[str]) -> set[str]:
-    """Every unit of ``job``: what must be stored for it to be done."""
-    return {u for shard in job_shards(job, case_ids, set()) for u in shard.units}
 
 
 @dataclass
@@ -145,7 +53,7 @@ class BenchPlan:
     to run it (executor, workers), which does not."""
 
     methods: list[str]
-    scenarios: list[Scenario]
+    scenarios: list[Protocol]
     model: str = "smollm2-135m"
     dataset: str = "counterfact"
     limit: int | None = 20
@@ -164,25 +72,35 @@ class BenchPlan:
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
-        self.methods = [ALIASES.get(m, m) for m in self.methods]
-        self.scenarios = [
-            s if isinstance(s, Scenario) else Scenario.parse(s) for s in self.scenarios
-        ]
-        self.validate()
-
-    def validate(self) -> None:
-        """Fail on anything wrong before a model is loaded (all problems in one message)."""
+        self.methods = [METHODS.canonical(m) if m in METHODS else m for m in self.methods]
         problems = []
+        scenarios = []
+        for item in self.scenarios:
+            try:
+                scenarios.append(parse_protocol(item))
+            except ValueError as err:
+                problems.append(str(err))
+        self.scenarios = scenarios
+        self.validate(problems)
+
+    def validate(self, problems: list[str] | None = None) -> None:
+        """Fail on anything wrong before a model is loaded (all problems in one message)."""
+        problems = list(problems or [])
         if not self.methods:
             problems.append("no method given (e.g. --methods rome,ft)")
         if len(set(self.methods)) != len(self.methods):
             problems.append("a method is named twice")
         for name in self.methods:
             try:
-                get_method(name)
+                METHODS[name]
             except KeyError as err:
                 problems.append(str(err.args[0]))
-        if not self.scenarios:
+                continue
+            try:
+                METHODS[name].config_cls.checked(self.overrides.get(name) or {})
+            except ValueError as err:
+                problems.append(f"--set {name}.*: {err}")
+        if not self.scenarios and not problems:
             problems.append("no scenario given (e.g. --scenarios single,sequential:1,10)")
         if self.suite not in SUITES:
             problems.append(f"unknown suite {self.suite!r}; choose from {', '.join(SUITES)}")
@@ -192,7 +110,7 @@ class BenchPlan:
         unknown = set(self.overrides) - set(self.methods)
         if unknown:
             problems.append(f"overrides for methods not in the plan: {', '.join(sorted(unknown))}")
-        needed = max((s.cases_needed for s in self.scenarios), default=0)
+        needed = max((s.cases_needed() for s in self.scenarios), default=0)
         if self.limit is not None and needed > self.limit:
             problems.append(
                 f"a sequential scenario edits {needed} cases but --limit is {self.limit}; "
@@ -231,9 +149,11 @@ class BenchPlan:
         if missing:
             raise ValueError(f"a bench plan needs {' and '.join(missing)}")
         data = dict(data)
-        for key in ("methods", "scenarios", "general"):
+        for key in ("methods", "general"):
             if isinstance(data.get(key), str):
                 data[key] = [x.strip() for x in data[key].split(",") if x.strip()]
+        if isinstance(data["scenarios"], str):
+            data["scenarios"] = [str(p) for p in parse_protocols(data["scenarios"])]
         return cls(**data)
 
     @classmethod
@@ -246,25 +166,10 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
     """A YAML plan: the same keys as the command's options (``methods``, ``scenarios``,
     ``dataset``, ``limit``, ...), plus ``overrides: {method: {key: value}}``; options given on
     the command line may complete it."""
-    data = yaml.safe_load(Path(path).read_text())
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a plan is a mapping of keys to values")
     return data
-
-
-def parse_scenarios(text: str) -> list[Scenario]:
-    """``single,batch:10,sequential:1,10,20`` -> scenarios (numbers after a ``kind:`` belong to
-    it until the next kind)."""
-    scenarios: list[str] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        if part.isdigit() and scenarios:
-            scenarios[-1] += "," + part
-        else:
-            scenarios.append(part)
-    return [Scenario.parse(s) for s in scenarios]
-
-
-def registered_methods() -> list[str]:
-    return list(METHODS.names())

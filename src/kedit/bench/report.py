@@ -17,12 +17,19 @@ from html import escape
 from itertools import groupby
 from pathlib import Path
 
-from kedit.bench import findings as claims
-from kedit.bench.ability import format_relative, format_value
-from kedit.bench.aggregate import BenchSummary
+from kedit.bench import verdicts as claims
 from kedit.bench.findings import CLAIMS, Finding, evaluate_claims
 from kedit.bench.plots import alt_text, plot_png, require_matplotlib
-from kedit.bench.tables import HeadlineTable, ScenarioTable, headline_groups
+from kedit.bench.summary import BenchSummary
+from kedit.bench.tables import (
+    HeadlineTable,
+    ScenarioTable,
+    decay_plots,
+    headline_groups,
+    headline_table,
+    scenario_table,
+)
+from kedit.formatting import MISSING, format_relative, format_value
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +88,7 @@ def render_report(summary: BenchSummary, findings: list[Finding]) -> str:
         _summary_section(summary),
     ]
     for scenario in summary.scenarios():
-        parts.append(_scenario_section(summary.table(scenario)))
+        parts.append(_scenario_section(scenario_table(summary, scenario)))
     parts.append(_curves(summary))
     parts.append(_costs(summary))
     parts.append(_findings(findings))
@@ -91,10 +98,6 @@ def render_report(summary: BenchSummary, findings: list[Finding]) -> str:
 
 
 # -- sections ---------------------------------------------------------------------------------
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    return format_value(value, digits)
 
 
 def _facts(summary: BenchSummary) -> str:
@@ -111,7 +114,8 @@ def _facts(summary: BenchSummary) -> str:
         ("device", "device"),
     )
     rows = "".join(
-        f"<dt>{escape(label)}</dt><dd>{escape(facts.get(key, '–'))}</dd>" for key, label in labels
+        f"<dt>{escape(label)}</dt><dd>{escape(facts.get(key, MISSING))}</dd>"
+        for key, label in labels
     )
     out = f'<dl class="facts">{rows}</dl>'
     running = [j.job_id for j in summary.jobs.values() if j.status == "running"]
@@ -135,7 +139,7 @@ SHORT_GROUPS = {
 def _summary_section(summary: BenchSummary) -> str:
     """One row per method (the unedited model first), columns grouped by scenario: the
     :class:`~kedit.bench.tables.HeadlineTable` of each, side by side."""
-    tables = [t for s in summary.scenarios() if (t := summary.headline_table(s)) is not None]
+    tables = [t for s in summary.scenarios() if (t := headline_table(summary, s)) is not None]
     if not tables:
         return ""
     head1 = '<th rowspan="2" scope="col">method</th>'
@@ -181,7 +185,7 @@ def _summary_row(tables: list[HeadlineTable], label: str) -> str:
         row = next((r for r in table.rows if r.label == label), None)
         if row is None:
             skipped = any(j.method == label for j in table.not_applicable)
-            text = "not applicable" if skipped else "–"
+            text = "not applicable" if skipped else MISSING
             cells += f'<td class="start note" colspan="{width}">{text}</td>'
             continue
         incomplete |= row.incomplete
@@ -195,9 +199,9 @@ def _summary_row(tables: list[HeadlineTable], label: str) -> str:
                 text = f"{change:+.3f}" if higher else format_relative(change)
                 extra += f" <small>{text}</small>"
             css = "num start" if i == 0 else "num"
-            cells += f'<td class="{css}">{_num(value)}{extra}</td>'
+            cells += f'<td class="{css}">{format_value(value)}{extra}</td>'
         css = "num" if table.columns else "num start"
-        cells += f'<td class="{css}">{_num(row.seconds_per_edit)}</td>'
+        cells += f'<td class="{css}">{format_value(row.seconds_per_edit)}</td>'
     name = label + (" (incomplete)" if incomplete else "")
     css = ' class="unedited"' if label == "unedited" else ""
     return f'<tr{css}><th scope="row">{escape(name)}</th>{cells}</tr>'
@@ -245,7 +249,7 @@ def _table_html(table: ScenarioTable, with_checkpoint: bool) -> str:
                 cells += f'<td class="num">{checkpoint}</td>'
             for value, top in zip(row.values, best):
                 is_best = row.label != "unedited" and value is not None and value == top
-                cells += f'<td class="num{" best" if is_best else ""}">{_num(value)}</td>'
+                cells += f'<td class="num{" best" if is_best else ""}">{format_value(value)}</td>'
             css = ' class="unedited"' if row.label == "unedited" else ""
             html_rows.append(f"<tr{css}>{cells}</tr>")
         bodies.append(f"<tbody>{''.join(html_rows)}</tbody>")
@@ -262,7 +266,7 @@ def _curves(summary: BenchSummary) -> str:
         if not scenario.startswith("sequential"):
             continue
         figures = []
-        for plot in summary.decay_plots(scenario):
+        for plot in decay_plots(summary, scenario):
             data = base64.b64encode(plot_png(plot)).decode("ascii")
             alt = alt_text(plot)
             figures.append(
@@ -302,11 +306,11 @@ def _costs(summary: BenchSummary) -> str:
         rows.append(
             f"<tr><th scope='row'>{escape(c.method)}</th><td>{escape(c.scenario)}</td>"
             f'<td class="num">{c.cases}</td><td class="num">{c.errors}</td>'
-            f'<td class="num">{_num(c.median_edit_time_s)}</td>'
-            f'<td class="num">{_num(memory, 1)}</td>'
-            f'<td class="num">{_num(peak, 0)}</td>'
-            f'<td class="num">{_num(c.median_eval_time_s)}</td>'
-            f"<td>{escape(c.memory_kind or '–')}</td></tr>"
+            f'<td class="num">{format_value(c.median_edit_time_s)}</td>'
+            f'<td class="num">{format_value(memory, 1)}</td>'
+            f'<td class="num">{format_value(peak, 0)}</td>'
+            f'<td class="num">{format_value(c.median_eval_time_s)}</td>'
+            f"<td>{escape(c.memory_kind or MISSING)}</td></tr>"
         )
     return (
         "<h2>Cost per edit</h2>"
@@ -373,7 +377,7 @@ def _findings(findings: list[Finding]) -> str:
         f"-{claims.DOWNSTREAM_DEGRADE:.2f} on average from the unedited model's, or its "
         f"perplexity rises by at least {claims.PERPLEXITY_DEGRADE:.0%}. Reliability after 1 "
         "edit and at the last checkpoint is given as context only.</p>"
-        f"<p>Thresholds (<code>kedit.bench.findings</code>):</p><ul>{items}</ul>"
+        f"<p>Thresholds (<code>kedit.bench.verdicts</code>):</p><ul>{items}</ul>"
     )
 
 

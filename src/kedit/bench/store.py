@@ -9,15 +9,17 @@ Tables (one row per ...):
   measures), ``status`` (``running``, ``done``, ``not applicable``) and a ``note`` saying why;
 * ``units``: a finished unit of a job (a case, a batch, a sequential checkpoint); written in the
   same transaction as its rows, so a unit is either wholly there or not at all;
-* ``cases``: case x checkpoint of a job: edit time, evaluation time, the edit's memory, error,
-  details (dialogue turns, a sampled text) as JSON;
-* ``results``: case x measure x checkpoint of a job: group, protocol, direction, the value
-  before (``pre``) and after (``post``) the edits, and its pooling ``weight``. General-ability
-  scores are rows of the pseudo-case ``general`` (group ``general``); checkpoint 0 of the job
-  ``unedited/general`` is the unedited model.
+* ``cases``: case x checkpoint of a job (:class:`~kedit.eval.rows.CaseRow`): edit time,
+  evaluation time, the edit's memory, error, details (requests, the edit's own figures, dialogue
+  turns, a sampled text) as JSON;
+* ``results``: case x measure x checkpoint of a job (:class:`~kedit.eval.rows.MeasureRow`):
+  group, protocol, direction, the value before (``pre``) and after (``post``) the edits, and its
+  pooling ``weight``. General-ability scores are rows of the pseudo-case ``general`` (group
+  ``general``); checkpoint 0 of the job ``unedited/general`` is the unedited model.
 
-``checkpoint`` is the number of cases edited into the model when it was scored (1 for single,
-B for batch:B, K for a sequential checkpoint).
+These are the rows ``kedit eval`` writes as JSON lines (:mod:`kedit.eval.results`): the store is
+the other sink of the same rows. ``checkpoint`` is the number of cases edited into the model when
+it was scored (1 for single, B for batch:B, K for a sequential checkpoint).
 
 Only the process that drives a bench writes (executors stream results back to it); each unit is
 one transaction in WAL mode with full sync, so killing the process at any moment loses at most
@@ -30,9 +32,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kedit.eval.rows import Unit
 
 DB_FILE = "bench.sqlite"
 SCHEMA_VERSION = 1
@@ -75,12 +79,10 @@ CASE_COLUMNS = (
 
 @dataclass
 class UnitResult:
-    """What a worker sends back for one finished unit: its case rows and result rows."""
+    """What a worker sends back for one finished unit of a job."""
 
     job_id: str
-    unit: str
-    cases: list[dict[str, Any]] = field(default_factory=list)
-    results: list[dict[str, Any]] = field(default_factory=list)
+    unit: Unit
     worker: str = "local"
 
 
@@ -197,9 +199,10 @@ class BenchStore:
     def write_unit(self, result: UnitResult) -> bool:
         """Write one unit's rows and its marker in one transaction. A unit already stored is
         left alone (returns False): nothing is ever written twice."""
+        job, unit = result.job_id, result.unit
         with self._transaction():
             done = self.conn.execute(
-                "SELECT 1 FROM units WHERE job_id=? AND unit=?", (result.job_id, result.unit)
+                "SELECT 1 FROM units WHERE job_id=? AND unit=?", (job, unit.key)
             ).fetchone()
             if done:
                 return False
@@ -207,37 +210,36 @@ class BenchStore:
                 "INSERT INTO cases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        result.job_id,
-                        c["case_id"],
-                        c["checkpoint"],
-                        result.unit,
-                        *(c.get(k) for k in CASE_COLUMNS),
-                        json.dumps(c["details"]) if c.get("details") else None,
+                        job,
+                        c.case_id,
+                        c.checkpoint,
+                        unit.key,
+                        *(getattr(c, k) for k in CASE_COLUMNS),
+                        json.dumps(c.details) if c.details else None,
                     )
-                    for c in result.cases
+                    for c in unit.cases
                 ],
             )
             self.conn.executemany(
                 "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        result.job_id,
-                        r["case_id"],
-                        r["checkpoint"],
-                        r["measure"],
-                        r["group"],
-                        r["protocol"],
-                        int(r["higher_is_better"]),
-                        r.get("pre"),
-                        r.get("post"),
-                        r.get("weight", 1),
+                        job,
+                        r.case_id,
+                        r.checkpoint,
+                        r.measure,
+                        r.group,
+                        r.protocol,
+                        int(r.higher_is_better),
+                        r.pre,
+                        r.post,
+                        r.weight,
                     )
-                    for r in result.results
+                    for r in unit.measures
                 ],
             )
             self.conn.execute(
-                "INSERT INTO units VALUES (?, ?, ?, ?)",
-                (result.job_id, result.unit, time.time(), result.worker),
+                "INSERT INTO units VALUES (?, ?, ?, ?)", (job, unit.key, time.time(), result.worker)
             )
         return True
 
@@ -276,12 +278,13 @@ class BenchStore:
         ]
 
     def results(self) -> list[dict[str, Any]]:
-        """Every result row with its job's method and scenario."""
+        """Every result row (the fields of :class:`~kedit.eval.rows.MeasureRow`) with its job,
+        method and scenario."""
         rows = self.conn.execute(
-            "SELECT r.*, j.method, j.scenario FROM results r JOIN jobs j USING (job_id) "
-            "ORDER BY r.job_id, r.checkpoint, r.case_id, r.measure"
+            'SELECT r.*, r.grp AS "group", j.method, j.scenario FROM results r '
+            "JOIN jobs j USING (job_id) ORDER BY r.job_id, r.checkpoint, r.case_id, r.measure"
         )
-        return [dict(r) for r in rows]
+        return [{k: v for k, v in dict(r).items() if k != "grp"} for r in rows]
 
     def count(self, table: str) -> int:
         if table not in ("jobs", "units", "cases", "results"):

@@ -1,4 +1,4 @@
-"""A bench's tables and decay curves, built from its :class:`~kedit.bench.aggregate.BenchSummary`.
+"""A bench's tables and decay curves, built from its :class:`~kedit.bench.summary.BenchSummary`.
 
 * :func:`scenario_table`: methods by measures for one scenario, per checkpoint, with the
   unedited model's row first (:class:`ScenarioTable`);
@@ -10,25 +10,17 @@
   sequential edits (:class:`DecayPlot`).
 
 Methods come in the summary's order (:meth:`BenchSummary.methods`: the plan's, when the store
-recorded it). ``BenchSummary.table`` and ``BenchSummary.decay_plots`` call these.
+recorded it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from kedit.bench.ability import task_change
-from kedit.bench.aggregate import (
-    GENERAL_GROUP,
-    GROUP_ORDER,
-    STATUS_NOT_APPLICABLE,
-    JobInfo,
-    MeasureMean,
-)
-
-if TYPE_CHECKING:
-    from kedit.bench.aggregate import BenchSummary
+from kedit.bench.general_change import task_change
+from kedit.bench.summary import STATUS_NOT_APPLICABLE, BenchSummary, JobInfo
+from kedit.eval.metric import GENERAL_GROUP, group_rank
+from kedit.eval.summary import MeasureMean
 
 #: the groups whose headline measure the compact tables show, in order
 HEADLINE_GROUPS = ("reliability", "generalization", "locality", "portability")
@@ -120,7 +112,7 @@ class HeadlineTable:
 
     def change(self, row: HeadlineRow, index: int) -> float | None:
         """For a general-ability column, ``row``'s change from the unedited model
-        (:func:`kedit.bench.ability.task_change`: the difference for a downstream task, the
+        (:func:`kedit.bench.general_change.task_change`: the difference for a downstream task, the
         relative change for perplexity); None elsewhere, for the unedited row, or without both
         values."""
         column = self.columns[index]
@@ -148,12 +140,6 @@ class DecayPlot:
     quantity: str
     higher_is_better: bool
     curves: tuple[Curve, ...]
-
-
-def _group_order(group: str) -> tuple[float, str]:
-    """Groups in :data:`GROUP_ORDER`, unknown ones (alphabetically) just before ``general``."""
-    rank = GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER) - 1.5
-    return (rank, group)
 
 
 def scenario_table(summary: BenchSummary, scenario: str) -> ScenarioTable:
@@ -233,7 +219,7 @@ def _columns(summary: BenchSummary, means: list[MeasureMean]) -> list[Column]:
 
     def order(key: tuple[str, str]) -> tuple[tuple[float, str], int, str]:
         group, measure = key
-        return (_group_order(group), 0 if measure in headlines else 1, measure)
+        return (group_rank(group), 0 if measure in headlines else 1, measure)
 
     return [Column(g, m, seen[(g, m)]) for g, m in sorted(seen, key=order)]
 

@@ -137,7 +137,10 @@ def dataset_path(name: str, data_dir: str | Path | None = None) -> Path:
         path = Path(name).expanduser()
         if path.is_file():
             return path
-        raise KeyError(f"unknown dataset {name!r}: not a file and not one of {', '.join(DATASETS)}")
+        raise KeyError(
+            f"unknown dataset {name!r}: not a file and not one of {', '.join(DATASETS)} "
+            "(kedit ls datasets)"
+        )
     spec = DATASETS[name]
     if spec.bundled:
         return Path(str(resources.files("kedit.data") / spec.relpath))
@@ -166,7 +169,10 @@ def load_dataset(
     if name in DATASETS:
         convert = DATASETS[name].converter(path)
     else:
-        convert = detect_format(records[0], path)
+        try:
+            convert = detect_format(records[0], path)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     return loaders.build_cases(records, convert, str(path), limit)
 
 

@@ -23,13 +23,23 @@ Record = dict[str, Any]
 
 
 def read_json_records(path: Path) -> list[Record]:
-    """A JSON list, or JSON lines."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    """A JSON list, or JSON lines (``.jsonl``); errors name the file and the line at fault."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; a dataset is a JSON list of records") from None
+    try:
+        if path.suffix == ".jsonl":
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: not valid JSON at line {err.lineno}, column {err.colno} ({err.msg}); a "
+            "dataset file is a JSON list of records, or one JSON record per line in a .jsonl file"
+        ) from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ValueError(f"{path}: expected a JSON list of records (objects)")
     return data
 
 

@@ -25,9 +25,9 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.data.challenges import dialogue_probes
 from kedit.env import Environment
-from kedit.eval.runner import EvalReport, evaluate
+from kedit.eval.evaluate import EvalReport, evaluate
 from kedit.eval.scoring import first_clause
-from kedit.methods.base import EditMethod
+from kedit.methods import EditMethod
 from kedit.model.lm import LanguageModel, as_language_model
 from kedit.types import SUBJECT_SLOT, EditCase, EditRequest, Probe, ProbeKind
 

@@ -25,13 +25,27 @@ from kedit.methods._stats import StatsConfig, stats_for
 from kedit.methods._templates import context_templates, flatten
 from kedit.methods._value import ValueConfig, ValueResult, ValueSearch, optimise_value
 from kedit.methods._weights import low_rank_delta
-from kedit.methods.base import Edit, EditMethod, hf_module
+from kedit.methods.base import EditMethod
+from kedit.methods.edit import Edit
 from kedit.model.arch import arch_of, get_module, layer_path
+from kedit.model.lm import hf_module
 from kedit.types import EditRequest
 
 #: (layer index among the edited ones, module path, K (d_in, n), R (d_out, n)) ->
 #: (out_factor (d_out, n), in_factor (d_in, n)), in float64
 Solver = Callable[[int, str, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class LayerUpdate:
+    """What a spreading method's :meth:`SpreadMethod.solve` gets for one layer."""
+
+    model: nn.Module
+    path: str  # the layer's MLP output projection
+    keys: torch.Tensor  # K, (d_in, n) float64: the facts' template-averaged keys
+    residual: torch.Tensor  # R, (d_out, n) float64: this layer's share of what is left
+    mom2: torch.Tensor  # C = E[k k^T], (d_in, d_in): the preserved keys' second moment
+    edit: Edit  # the edit being recorded (its ``state`` is the session's)
 
 
 def edited_layers(model: nn.Module, layers: Sequence[int]) -> list[str]:
@@ -139,7 +153,7 @@ class SpreadMethod(EditMethod):
         stats = stats_for(model, tok, paths, self.env, cfg)
 
         def solve(i: int, path: str, keys: torch.Tensor, residual: torch.Tensor):
-            return self.solve(model, path, keys, residual, stats[path], edit)
+            return self.solve(LayerUpdate(model, path, keys, residual, stats[path], edit))
 
         targets = torch.stack([v.target for v in values])  # (n, d_model)
         spread(
@@ -171,17 +185,9 @@ class SpreadMethod(EditMethod):
         """The part of the residual the current layer takes: MEMIT's ``1 / layers left``."""
         return 1.0 / layers_left
 
-    def solve(
-        self,
-        model: nn.Module,
-        path: str,
-        keys: torch.Tensor,
-        residual: torch.Tensor,
-        mom2: torch.Tensor,
-        edit: Edit,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(out_factor, in_factor)`` of one layer's update from its keys ``(d_in, n)``, the
-        residual ``(d_out, n)`` (float64) and the key statistics ``C``."""
+    def solve(self, layer: LayerUpdate) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(out_factor, in_factor)``, ``(d_out, n)`` and ``(d_in, n)`` in float64: one
+        layer's update ``dW = out_factor @ in_factor.T``."""
         raise NotImplementedError
 
     def after_update(

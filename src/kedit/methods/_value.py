@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
 from kedit.methods._templates import fill
-from kedit.model.arch import get_module, weight_out_in
+from kedit.model.arch import get_module, text_config, weight_out_in
 from kedit.model.hooks import Trace, frozen
 from kedit.model.lm import cache_argument, model_device, select_logits
 from kedit.model.tokens import encode, encode_prompt_target, pad, pad_id, token_index_of_span
@@ -111,10 +111,6 @@ class ValueResult:
     @property
     def target(self) -> torch.Tensor:
         return self.targets[0]
-
-    @property
-    def start(self) -> torch.Tensor:
-        return self.starts[0]
 
 
 def optimise_value(
@@ -284,4 +280,4 @@ def _width(model: nn.Module, module_path: str) -> int:
     module = get_module(model, module_path)
     if getattr(module, "weight", None) is not None:
         return weight_out_in(module).shape[0]
-    return model.config.get_text_config().hidden_size
+    return text_config(model).hidden_size

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kedit.methods.base import Delta
+from kedit.methods.changes import Delta
 from kedit.model.arch import is_conv1d
 
 

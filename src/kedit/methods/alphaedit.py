@@ -26,8 +26,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.methods._keys import mean_keys
-from kedit.methods._spread import SpreadConfig, SpreadMethod
-from kedit.methods.base import Edit
+from kedit.methods._spread import LayerUpdate, SpreadConfig, SpreadMethod
+from kedit.methods.edit import Edit
 from kedit.types import EditRequest
 
 log = logging.getLogger(__name__)
@@ -78,25 +78,22 @@ class AlphaEdit(SpreadMethod):
     """MEMIT-style update projected onto the null space of preserved keys."""
 
     name = "alphaedit"
+    display_name = "AlphaEdit"
+    paper = "Fang et al. 2025"
     family = "locate-and-edit"
     config_cls = AlphaEditConfig
 
-    def solve(
-        self,
-        model: nn.Module,
-        path: str,
-        keys: torch.Tensor,
-        residual: torch.Tensor,
-        mom2: torch.Tensor,
-        edit: Edit,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def solve(self, layer: LayerUpdate) -> tuple[torch.Tensor, torch.Tensor]:
         """``(R, (P (K K^T + K_p K_p^T) + alpha I)^{-1} P K)``; the in-factor lies in range(P)."""
+        keys = layer.keys
         d_in = keys.shape[0]
-        project = self._projector(model, path, mom2).to(keys.device, torch.float64)
-        preserved = edit.state.setdefault(("alphaedit", path), EditedKeys())
+        project = self._projector(layer.model, layer.path, layer.mom2).to(
+            keys.device, torch.float64
+        )
+        preserved = layer.edit.state.setdefault(("alphaedit", layer.path), EditedKeys())
         system = project @ (keys @ keys.T + preserved.second_moment(d_in, keys.device))
         system += self.config.l2_weight * torch.eye(d_in, dtype=keys.dtype, device=keys.device)
-        return residual, torch.linalg.solve(system, project @ keys)
+        return layer.residual, torch.linalg.solve(system, project @ keys)
 
     def _projector(self, model: nn.Module, path: str, mom2: torch.Tensor) -> torch.Tensor:
         """``P = U0 U0^T`` over the eigenvectors of C with eigenvalue below the threshold

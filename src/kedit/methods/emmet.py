@@ -19,10 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from kedit.methods._spread import SpreadConfig, SpreadMethod
-from kedit.methods.base import Edit
+from kedit.methods._spread import LayerUpdate, SpreadConfig, SpreadMethod
 
 
 @dataclass(kw_only=True)
@@ -51,27 +49,21 @@ class EMMET(SpreadMethod):
     """Equality-constrained batched update of MLP output projections."""
 
     name = "emmet"
+    display_name = "EMMET"
+    paper = "Gupta et al. 2024"
     family = "locate-and-edit"
     config_cls = EMMETConfig
 
-    def solve(
-        self,
-        model: nn.Module,
-        path: str,
-        keys: torch.Tensor,
-        residual: torch.Tensor,
-        mom2: torch.Tensor,
-        edit: Edit,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def solve(self, layer: LayerUpdate) -> tuple[torch.Tensor, torch.Tensor]:
         """``(R D^{-1}, C_l^{-1} K)``: the factors of EMMET's update, in float64."""
-        cfg = self.config
+        cfg, keys = self.config, layer.keys
         d_in, n = keys.shape
         eye = torch.eye(d_in, dtype=torch.float64, device=keys.device)
-        c_l = cfg.mom2_update_weight * mom2.to(keys.device, torch.float64)
+        c_l = cfg.mom2_update_weight * layer.mom2.to(keys.device, torch.float64)
         c_l = c_l + cfg.update_norm_lambda * eye
         c_inv_keys = torch.linalg.solve(c_l, keys)  # (d_in, n)
         d = keys.T @ c_inv_keys  # (n, n)
         if n > 1:
             d = d + cfg.emmet_lambda * torch.eye(n, dtype=torch.float64, device=keys.device)
-        out_factor = torch.linalg.solve(d.T, residual.T).T  # R D^{-1}, (d_out, n)
+        out_factor = torch.linalg.solve(d.T, layer.residual.T).T  # R D^{-1}, (d_out, n)
         return out_factor, c_inv_keys

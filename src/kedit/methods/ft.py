@@ -24,10 +24,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
-from kedit.methods.base import Edit, EditMethod, hf_module
+from kedit.methods.base import EditMethod
+from kedit.methods.edit import Edit
 from kedit.model.arch import get_module, layer_path
 from kedit.model.hooks import frozen
-from kedit.model.lm import last_logits, model_device
+from kedit.model.lm import hf_module, last_logits, model_device
 from kedit.model.tokens import encode_prompt_target, pad, pad_id
 from kedit.types import EditRequest
 
@@ -78,6 +79,8 @@ class FTL(EditMethod):
     """Constrained fine-tuning of one module."""
 
     name = "ft-l"
+    display_name = "FT-L"
+    paper = "Zhu et al. 2020"
     family = "fine-tuning"
     config_cls: type[FTConfig] = FTConfig
     supports_batch = True
@@ -162,4 +165,6 @@ class FTM(FTL):
     """Fine-tuning with a target-only teacher-forced loss."""
 
     name = "ft-m"
+    display_name = "FT-M"
+    paper = "Zhang et al. 2024"
     config_cls = FTMConfig

@@ -34,10 +34,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
-from kedit.methods.base import Edit, EditMethod, hf_module
+from kedit.methods.base import EditMethod
+from kedit.methods.edit import Edit
 from kedit.model.arch import get_module, layer_path
 from kedit.model.hooks import Trace, frozen, run_until_stopped
-from kedit.model.lm import model_device
+from kedit.model.lm import hf_module, model_device
 from kedit.model.tokens import PromptTarget, encode_prompt_target, pad
 from kedit.types import EditRequest
 
@@ -130,6 +131,8 @@ class GRACE(EditMethod):
     """Discrete key-value adaptor at one layer."""
 
     name = "grace"
+    display_name = "GRACE"
+    paper = "Hartvigsen et al. 2023"
     family = "added-parameters"
     config_cls = GRACEConfig
     supports_batch = False

@@ -20,7 +20,6 @@ Costs a longer context at every query; the context limits how many facts fit.
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,11 +31,10 @@ from transformers import PreTrainedTokenizerBase
 from kedit.config import MethodConfig
 from kedit.data import load_dataset
 from kedit.methods._embed import Embedder, cached_encode, make_embedder
-from kedit.methods.base import Edit, EditMethod, hf_module
-from kedit.model.lm import HFLanguageModel, LanguageModel, TargetScore
+from kedit.methods.base import EditMethod
+from kedit.methods.edit import Edit
+from kedit.model.lm import HFLanguageModel, LanguageModel, TargetScore, hf_module
 from kedit.types import EditCase, EditRequest, ProbeKind
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -124,6 +122,8 @@ class IKE(EditMethod):
     """In-context editing: the edit is a context of retrieved demonstrations."""
 
     name = "ike"
+    display_name = "IKE"
+    paper = "Zheng et al. 2023"
     family = "in-context"
     config_cls = IKEConfig
     supports_batch = True

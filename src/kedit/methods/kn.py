@@ -59,10 +59,11 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
 from kedit.methods._weights import low_rank_delta
-from kedit.methods.base import Edit, EditMethod, hf_module
-from kedit.model.arch import arch_of, get_module, weight_out_in
+from kedit.methods.base import EditMethod
+from kedit.methods.edit import Edit
+from kedit.model.arch import arch_of, get_module, num_layers, weight_out_in
 from kedit.model.hooks import Trace, TraceDict, frozen
-from kedit.model.lm import model_device, select_logits
+from kedit.model.lm import hf_module, model_device, select_logits
 from kedit.model.tokens import encode, encode_prompt_target
 from kedit.types import EditRequest
 
@@ -105,6 +106,8 @@ class KN(EditMethod):
     """Integrated-gradients neuron attribution, then rewriting the neurons' value slots."""
 
     name = "kn"
+    display_name = "KN"
+    paper = "Dai et al. 2022"
     family = "locate-and-edit"
     config_cls = KNConfig
     supports_batch = False
@@ -150,7 +153,7 @@ class KN(EditMethod):
         spec = arch_of(model)
         chosen = self.config.layers
         if chosen is None:
-            return list(range(spec.num_layers(model)))
+            return list(range(num_layers(model)))
         return sorted({spec.check_layer(model, layer) for layer in chosen})
 
     def _scores(

@@ -20,10 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from kedit.methods._spread import SpreadConfig, SpreadMethod, memit_solve
-from kedit.methods.base import Edit
+from kedit.methods._spread import LayerUpdate, SpreadConfig, SpreadMethod, memit_solve
 
 
 @dataclass(kw_only=True)
@@ -47,17 +45,11 @@ class MEMIT(SpreadMethod):
     """Batched multi-layer least-squares update of MLP output projections."""
 
     name = "memit"
+    display_name = "MEMIT"
+    paper = "Meng et al. 2023"
     family = "locate-and-edit"
     config_cls = MEMITConfig
 
-    def solve(
-        self,
-        model: nn.Module,
-        path: str,
-        keys: torch.Tensor,
-        residual: torch.Tensor,
-        mom2: torch.Tensor,
-        edit: Edit,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def solve(self, layer: LayerUpdate) -> tuple[torch.Tensor, torch.Tensor]:
         """``dW = R K^T (lambda C + K K^T)^{-1}`` as factors: ``(R, (lambda C + K K^T)^{-1} K)``."""
-        return residual, memit_solve(mom2, keys, self.config.mom2_update_weight)
+        return layer.residual, memit_solve(layer.mom2, layer.keys, self.config.mom2_update_weight)

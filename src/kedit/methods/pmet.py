@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kedit.methods._spread import SpreadConfig, SpreadMethod, last_layer, memit_solve
+from kedit.methods._spread import LayerUpdate, SpreadConfig, SpreadMethod, last_layer, memit_solve
 from kedit.methods._value import ValueSearch
-from kedit.methods.base import Edit
 from kedit.model.arch import layer_path
 
 
@@ -64,6 +63,8 @@ class PMET(SpreadMethod):
     """Attention and FFN targets at the top layer; FFN-only multi-layer update."""
 
     name = "pmet"
+    display_name = "PMET"
+    paper = "Li et al. 2024"
     family = "locate-and-edit"
     config_cls = PMETConfig
 
@@ -77,13 +78,5 @@ class PMET(SpreadMethod):
     def share(self, layers_left: int) -> float:
         return 1.0 / math.sqrt(layers_left)
 
-    def solve(
-        self,
-        model: nn.Module,
-        path: str,
-        keys: torch.Tensor,
-        residual: torch.Tensor,
-        mom2: torch.Tensor,
-        edit: Edit,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return residual, memit_solve(mom2, keys, self.config.mom2_update_weight)
+    def solve(self, layer: LayerUpdate) -> tuple[torch.Tensor, torch.Tensor]:
+        return layer.residual, memit_solve(layer.mom2, layer.keys, self.config.mom2_update_weight)

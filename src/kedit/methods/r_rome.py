@@ -15,27 +15,22 @@ so the update writes exactly ``W' k* = v*``. Everything else is ROME.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from kedit.methods.rome import ROME, ROMEConfig
+from kedit.methods.rome import ROME
 from kedit.types import EditRequest
-
-
-@dataclass(kw_only=True)
-class RROMEConfig(ROMEConfig):
-    """r-ROME hyperparameters: ROME's (its presets apply too)."""
 
 
 class RROME(ROME):
     """ROME with the averaged key on both sides of the update."""
 
     name = "r-rome"
+    display_name = "r-ROME"
+    paper = "Gupta et al. 2024"
     family = "locate-and-edit"
-    config_cls = RROMEConfig
+    presets = "rome"  # ROME's hyperparameters, config and presets
 
     def _update_key_value(
         self,

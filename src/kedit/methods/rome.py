@@ -33,8 +33,10 @@ from kedit.methods._stats import StatsConfig, stats_for
 from kedit.methods._templates import context_templates, fill, flatten
 from kedit.methods._value import ValueConfig, optimise_value
 from kedit.methods._weights import low_rank_delta
-from kedit.methods.base import Edit, EditMethod, hf_module
+from kedit.methods.base import EditMethod
+from kedit.methods.edit import Edit
 from kedit.model.arch import get_module, layer_path
+from kedit.model.lm import hf_module
 from kedit.types import EditRequest
 
 
@@ -60,6 +62,8 @@ class ROME(EditMethod):
     """Rank-one update of one MLP output projection."""
 
     name = "rome"
+    display_name = "ROME"
+    paper = "Meng et al. 2022"
     family = "locate-and-edit"
     config_cls = ROMEConfig
     supports_batch = False

@@ -8,20 +8,18 @@ which reproduces the weights bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from kedit.env import Environment
-from kedit.methods.base import (
-    Edit,
-    EditMethod,
-    ParamChange,
-    add_delta_,
-    hf_module,
-)
-from kedit.model.lm import LanguageModel, as_language_model
+from kedit.methods.base import EditMethod
+from kedit.methods.changes import ParamChange, add_delta_
+from kedit.methods.edit import Edit
+from kedit.methods.registry import make_method
+from kedit.model.lm import LanguageModel, as_language_model, hf_module
 from kedit.types import EditRequest
 
 
@@ -31,8 +29,8 @@ class EditSession:
     Example::
 
         with EditSession(model, tok) as session:
-            session.apply(request_a, method="rome")
-            session.apply(request_b, method="rome")
+            session.edit(request_a, "rome")
+            session.edit(request_b, "rome", overrides={"layer": 6})
             session.rollback(1)          # only request_a remains
         # leaving the block restores the unedited model
     """
@@ -40,11 +38,11 @@ class EditSession:
     def __init__(
         self,
         model: Any,
-        tokenizer: PreTrainedTokenizerBase,
+        tok: PreTrainedTokenizerBase,
         env: Environment | None = None,
     ) -> None:
         self._root = model
-        self.tokenizer = tokenizer
+        self.tokenizer = tok
         self.env = env if env is not None else Environment()
         self.edits: list[Edit] = []
         self._originals: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
@@ -61,26 +59,26 @@ class EditSession:
     def lm(self) -> LanguageModel:
         return as_language_model(self.model, self.tokenizer)
 
-    def apply(
+    def edit(
         self,
-        requests: EditRequest | list[EditRequest],
+        requests: EditRequest | Sequence[EditRequest],
         method: str | EditMethod = "rome",
-        **overrides: Any,
+        overrides: dict[str, Any] | None = None,
     ) -> Edit:
         """Apply one edit (one request, or a batch for methods that take batches) on top of
-        the previous ones."""
-        from kedit.methods import make_method
-
-        editor = (
-            method
-            if isinstance(method, EditMethod)
-            else make_method(method, self.model, overrides, self.env)
-        )
-        if isinstance(method, EditMethod) and overrides:
-            raise ValueError("pass overrides when naming the method, not with a method object")
+        the previous ones. ``method`` is a name (configured for the model, then
+        ``overrides``) or an :class:`EditMethod`."""
+        editor = make_method(method, self.model, overrides, self.env)
         edit = editor.edit(self.model, self.tokenizer, requests, self.state)
         self._adopt(edit)
         return edit
+
+    def edit_all(self, requests: Sequence[EditRequest], method: EditMethod) -> list[Edit]:
+        """One update with every request for a batch method; else one edit per request, in
+        order. Returns the edits made."""
+        if len(requests) == 1 or method.supports_batch:
+            return [self.edit(list(requests), method)]
+        return [self.edit(request, method) for request in requests]
 
     def _adopt(self, edit: Edit) -> None:
         """Move the edit's copies of original weights into the session (one per parameter)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -42,6 +43,8 @@ class ArchSpec:
         embed: token embedding, from the model root.
         final_norm: norm applied before the unembedding, from the model root.
         unembed: output projection to the vocabulary, from the model root.
+        preset_family: the ``model_type`` whose method presets this one shares where it has
+            none of its own (Mistral, Qwen, Gemma and Phi-3 share Llama's).
     """
 
     model_type: str
@@ -54,6 +57,11 @@ class ArchSpec:
     embed: str
     final_norm: str
     unembed: str
+    preset_family: str | None = None
+
+    def preset_types(self) -> list[str]:
+        """Where this architecture's presets are looked up, in order."""
+        return [self.model_type] + ([self.preset_family] if self.preset_family else [])
 
     def path(self, part: str, layer: int | None = None) -> str:
         """Full module path of a canonical part (``layer`` is required for block parts)."""
@@ -79,12 +87,9 @@ class ArchSpec:
     def module(self, model: nn.Module, part: str, layer: int | None = None) -> nn.Module:
         return get_module(model, self.path(part, layer))
 
-    def num_layers(self, model: nn.Module) -> int:
-        return len(get_module(model, self.layers))
-
     def check_layer(self, model: nn.Module, layer: int) -> int:
         """Resolve a negative index and check ``layer`` is in range."""
-        n = self.num_layers(model)
+        n = num_layers(model)
         resolved = layer + n if layer < 0 else layer
         if not 0 <= resolved < n:
             raise ValueError(f"layer {layer} is out of range for a {n}-layer {self.model_type}")
@@ -116,8 +121,9 @@ class ArchSpec:
     def from_yaml(cls, path: str | Path) -> ArchSpec:
         data = yaml.safe_load(Path(path).read_text())
         fields = {f.name for f in dataclasses.fields(cls)}
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
         unknown = set(data) - fields
-        missing = fields - set(data)
+        missing = fields - optional - set(data)
         if unknown or missing:
             raise ValueError(
                 f"{path}: ArchSpec fields unknown {sorted(unknown)} / missing {sorted(missing)}; "
@@ -131,6 +137,7 @@ class ArchSpec:
 
 def _llama_like(model_type: str) -> ArchSpec:
     return ArchSpec(
+        preset_family=None if model_type == "llama" else "llama",
         model_type=model_type,
         layers="model.layers",
         attn="self_attn",
@@ -193,6 +200,7 @@ def _builtin_specs() -> dict[str, ArchSpec]:
             embed="model.embed_tokens",
             final_norm="model.norm",
             unembed="lm_head",
+            preset_family="llama",
         ),
     ]
     llama_family = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"]
@@ -215,6 +223,9 @@ class ArchRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._specs)
+
+    def __contains__(self, model_type: object) -> bool:
+        return model_type in self._specs
 
     def get(self, model_type: str) -> ArchSpec:
         if model_type not in self._specs:
@@ -252,6 +263,21 @@ def model_type_of(model: nn.Module) -> str:
     if config is None or not getattr(config, "model_type", None):
         raise ValueError("model has no config.model_type; pass a Hugging Face PreTrainedModel")
     return config.model_type
+
+
+def text_config(model: nn.Module) -> Any:
+    """The config of the language part of ``model`` (itself for text-only models)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def num_layers(model: nn.Module) -> int:
+    """The number of transformer blocks: the one place kedit reads a model's depth."""
+    config = text_config(model)
+    depth = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    if not depth:
+        raise ValueError(f"{type(model).__name__}'s config names no number of layers")
+    return int(depth)
 
 
 def arch_of(model: nn.Module) -> ArchSpec:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from kedit.model.arch import text_config
 from kedit.model.tokens import Batch, encode, encode_prompt_target, pad, pad_id
 
 
@@ -76,8 +77,21 @@ class LanguageModel(Protocol):
         ...
 
 
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def hf_module(model: Any) -> nn.Module:
+    """The Hugging Face model inside ``model`` (itself, or the model a wrapper wraps)."""
+    while not isinstance(model, nn.Module):
+        inner = getattr(model, "hf_model", None)
+        if inner is None:
+            raise TypeError(
+                f"{type(model).__name__} is neither a torch model nor a wrapper exposing .hf_model"
+            )
+        model = inner
+    return model
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of ``model``'s weights (of the model inside a wrapper)."""
+    return next(hf_module(model).parameters()).device
 
 
 def cache_argument(model: nn.Module) -> str:
@@ -123,26 +137,22 @@ class HFLanguageModel:
 
     Args:
         model: the causal LM (edited in place by weight-editing methods).
-        tokenizer: its tokenizer; its ``padding_side`` is ignored.
+        tok: its tokenizer; its ``padding_side`` is ignored.
         max_batch_tokens: padded tokens per forward pass (default: 4096 on CPU, 32768 on GPU).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        tokenizer: PreTrainedTokenizerBase,
+        tok: PreTrainedTokenizerBase,
         max_batch_tokens: int | None = None,
     ) -> None:
         self.model = model
-        self.tokenizer = tokenizer
+        self.tokenizer = tok
         device = model_device(model)
         self.max_batch_tokens = max_batch_tokens or (32768 if device.type == "cuda" else 4096)
-        self._pad = pad_id(tokenizer)
-        config = (
-            model.config.get_text_config()
-            if hasattr(model.config, "get_text_config")
-            else (model.config)
-        )
+        self._pad = pad_id(tok)
+        config = text_config(model)
         self.max_length = getattr(config, "max_position_embeddings", None) or getattr(
             config, "n_positions", None
         )
@@ -255,10 +265,10 @@ class HFLanguageModel:
         return texts
 
 
-def as_language_model(model: object, tokenizer: PreTrainedTokenizerBase) -> LanguageModel:
+def as_language_model(model: object, tok: PreTrainedTokenizerBase) -> LanguageModel:
     """``model`` itself if it already speaks the protocol, else an :class:`HFLanguageModel`."""
     if isinstance(model, nn.Module):
-        return HFLanguageModel(model, tokenizer)
+        return HFLanguageModel(model, tok)
     if isinstance(model, LanguageModel):
         return model
     raise TypeError(f"cannot evaluate a {type(model).__name__}: not a model or LanguageModel")

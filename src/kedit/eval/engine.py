@@ -1,0 +1,346 @@
+"""The engine every protocol runs on: one model, its cases, the batched scorer, and the edits.
+
+:class:`Engine` holds what a run measures and on what (the model, the cases, the general-ability
+tasks) and runs the protocols of :mod:`kedit.eval.protocols`, each written once
+(:meth:`Engine.run`), from a few primitives: the unedited scores of some cases (batched,
+optionally cached across jobs), one case edited in its steps, one batch in one update, a
+sequence of accumulating edits, and general ability at a checkpoint. Each yields or returns the
+rows of :mod:`kedit.eval.rows`. Nothing here asks which method ran. ``kedit eval`` and
+``kedit bench`` run their work through it alike.
+
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from kedit.env import Environment
+from kedit.eval.cost import MemoryUse, measure_memory
+from kedit.eval.general import general_ability
+from kedit.eval.metric import GENERAL_GROUP, Metric, needs_of
+from kedit.eval.protocols import (
+    PRE_BATCH,
+    Batch,
+    GeneralBaseline,
+    Protocol,
+    Sequential,
+    Shard,
+    Single,
+)
+from kedit.eval.rows import (
+    GENERAL_CASE,
+    CaseRow,
+    Event,
+    MeasureRow,
+    Progress,
+    Unit,
+    batch_unit,
+    case_unit,
+    checkpoint_unit,
+)
+from kedit.eval.scored import case_details, case_measures, edit_infos, requests_of
+from kedit.eval.scoring import Needs, ProbeResult, score_probes
+from kedit.methods import EditMethod, EditSession
+from kedit.methods.edit import Edit
+from kedit.model.lm import LanguageModel, as_language_model, model_device
+from kedit.types import EditCase
+
+log = logging.getLogger(__name__)
+
+Scores = dict[str, list[ProbeResult]]
+
+
+class Engine:
+    """One model and the cases of a run (see module docstring).
+
+    Args:
+        general: general-ability tasks measured at sequential checkpoints.
+        general_limit: examples per general-ability task.
+        cache_unedited: keep the unedited scores of each batch of cases for later calls (a
+            bench runs many jobs on the same cases); off, they are scored for each call.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tok: PreTrainedTokenizerBase,
+        env: Environment,
+        cases: Sequence[EditCase],
+        general: Sequence[str] = (),
+        general_limit: int | None = 100,
+        cache_unedited: bool = False,
+    ) -> None:
+        self.model, self.tok, self.env = model, tok, env
+        self.by_id = {c.case_id: c for c in cases}
+        self.general, self.general_limit = list(general), general_limit
+        self._cache: dict[tuple, Scores] | None = {} if cache_unedited else None
+        #: seconds spent scoring the unedited model
+        self.unedited_time_s = 0.0
+
+    def cases_of(self, case_ids: Sequence[str]) -> list[EditCase]:
+        return [self.by_id[i] for i in case_ids]
+
+    def unedited_lm(self) -> LanguageModel:
+        return as_language_model(self.model, self.tok)
+
+    # -- scoring ---------------------------------------------------------------------------------
+
+    def unedited(self, cases: Sequence[EditCase], metrics: list[Metric]) -> Scores:
+        """The unedited model's scores of ``cases``, :data:`PRE_BATCH` cases per batched pass;
+        every call gets its own copies to fill with scores after editing."""
+        needs, out = needs_of(metrics), {}
+        for start in range(0, len(cases), PRE_BATCH):
+            chunk = list(cases[start : start + PRE_BATCH])
+            key = (tuple(c.case_id for c in chunk), needs)
+            scored = self._cache.get(key) if self._cache is not None else None
+            if scored is None:
+                scored = {}
+                t0 = time.perf_counter()
+                score_probes(self.unedited_lm(), chunk, needs, "pre", scored, self.env.seed)
+                self.unedited_time_s += time.perf_counter() - t0
+                if self._cache is not None:
+                    self._cache[key] = scored
+            for case_id, results in scored.items():
+                out[case_id] = [ProbeResult(r.probe, pre=r.pre) for r in results]
+        return out
+
+    def _score(
+        self,
+        lm: LanguageModel,
+        cases: Sequence[EditCase],
+        needs: Needs,
+        stage: str,
+        scores: Scores,
+    ) -> float:
+        """Score ``cases`` at ``stage`` into ``scores``; the time per case."""
+        t0 = time.perf_counter()
+        score_probes(lm, cases, needs, stage, scores, self.env.seed)
+        return (time.perf_counter() - t0) / len(cases)
+
+    # -- the protocols -----------------------------------------------------------------------------
+
+    def run(
+        self, protocol: Protocol, method: EditMethod | None, metrics: list[Metric], shard: Shard
+    ) -> Iterator[Event]:
+        """Run a shard of ``protocol`` with ``method``, yielding each unit as it finishes."""
+        runners = {
+            Single: self._single,
+            Batch: self._batch,
+            Sequential: self.sequence,
+            GeneralBaseline: self._baseline,
+        }
+        yield from runners[type(protocol)](protocol, method, metrics, shard)
+
+    def _single(
+        self, protocol: Protocol, method: EditMethod, metrics: list[Metric], shard: Shard
+    ) -> Iterator[Event]:
+        cases = self.cases_of(shard.case_ids)
+        unedited = self.unedited(cases, metrics)
+        for case in cases:
+            if case_unit(case.case_id) in shard.units:
+                unit = self.edit_case(case, method, metrics, unedited)
+                yield Progress(1)
+                yield unit
+
+    def _batch(
+        self, protocol: Batch, method: EditMethod, metrics: list[Metric], shard: Shard
+    ) -> Iterator[Event]:
+        cases = self.cases_of(shard.case_ids)
+        unedited = self.unedited(cases, metrics)
+        for start in range(0, len(cases), protocol.size):
+            batch = cases[start : start + protocol.size]
+            key = batch_unit(batch[0].case_id)
+            if key in shard.units:
+                unit = self.edit_batch(batch, key, method, metrics, unedited)
+                yield Progress(len(batch))
+                yield unit
+
+    def _baseline(
+        self, protocol: Protocol, method: EditMethod | None, metrics: list[Metric], shard: Shard
+    ) -> Iterator[Event]:
+        yield self.general_unit(self.unedited_lm(), 0, checkpoint_unit(0))
+
+    # -- the protocols' steps --------------------------------------------------------------------
+
+    def edit_case(
+        self, case: EditCase, method: EditMethod, metrics: list[Metric], scores: Scores
+    ) -> Unit:
+        """Edit one case on the unedited model in its steps, score it after the first step
+        (where a measure reads that) and after the last, undo the edit."""
+        needs = needs_of(metrics)
+        try:
+            with EditSession(self.model, self.tok, self.env) as session:
+                steps, edits, eval_time, edit_time, peak = case.edit_steps, [], 0.0, 0.0, None
+                for number, requests in enumerate(steps, start=1):
+                    memory, took, made = self._update(session, requests, method)
+                    edits += made
+                    edit_time += took
+                    peak = memory if peak is None else max(peak, memory, key=_extra)
+                    if number == 1 and len(steps) > 1 and needs.mid:
+                        eval_time += self._score(session.lm, [case], needs, "mid", scores)
+                eval_time += self._score(session.lm, [case], needs, "post", scores)
+        except Exception as err:  # one failing case must not end a run of thousands
+            log.warning("case %s failed: %s", case.case_id, err)
+            row = CaseRow(case.case_id, 1, error=_error(err), details=requests_of([case]))
+            return Unit(case_unit(case.case_id), [row])
+        cost = _cost(peak, edit_time, edits)
+        key = case_unit(case.case_id)
+        return self._scored_unit(key, 1, [case], {case.case_id: cost}, eval_time, metrics, scores)
+
+    def edit_batch(
+        self,
+        batch: Sequence[EditCase],
+        key: str,
+        method: EditMethod,
+        metrics: list[Metric],
+        scores: Scores,
+    ) -> Unit:
+        """One update with every request of ``batch``, its cases scored, the edit undone."""
+        requests = [r for case in batch for r in case.requests]
+        try:
+            with EditSession(self.model, self.tok, self.env) as session:
+                memory, took, edits = self._update(session, requests, method)
+                eval_time = self._score(session.lm, batch, needs_of(metrics), "post", scores)
+        except Exception as err:  # one failing batch must not end the run
+            log.warning("batch from %s failed: %s", batch[0].case_id, err)
+            details = [requests_of([c]) for c in batch]
+            rows = [
+                CaseRow(c.case_id, len(batch), error=_error(err), details=d)
+                for c, d in zip(batch, details)
+            ]
+            return Unit(key, rows)
+        cost = _cost(memory, took / len(batch), edits)
+        costs = dict.fromkeys((c.case_id for c in batch), cost)
+        return self._scored_unit(key, len(batch), batch, costs, eval_time, metrics, scores)
+
+    def sequence(
+        self, protocol: Sequential, method: EditMethod, metrics: list[Metric], shard: Shard
+    ) -> Iterator[Event]:
+        """Edit the shard's cases one update after another; at each pending scoring point,
+        score the cases edited so far (final) or the update's cases (immediate), and general
+        ability. Updates before a finished point are replayed without scoring."""
+        cases = self.cases_of(shard.case_ids)
+        scores = self.unedited(cases, metrics)
+        points = protocol.scoring_points()
+        pending = sorted(k for k, unit in points.items() if unit in shard.units)
+        if not pending:
+            return
+        costs: dict[str, dict[str, Any]] = {}
+        needs = needs_of(metrics)
+        session = EditSession(self.model, self.tok, self.env)
+        try:
+            for start in range(0, pending[-1], protocol.batch_size):
+                batch = cases[start : start + protocol.batch_size]
+                requests = [r for case in batch for r in case.requests]
+                memory, took, edits = self._update(session, requests, method)
+                cost = _cost(memory, took / len(batch), edits)
+                costs.update(dict.fromkeys((c.case_id for c in batch), cost))
+                yield Progress(len(batch))
+                edited = start + len(batch)
+                if edited not in pending:
+                    continue
+                scored = cases[:edited] if protocol.scoring == "final" else batch
+                eval_time = self._score(session.lm, scored, needs, "post", scores)
+                unit = self._scored_unit(
+                    points[edited], edited, scored, costs, eval_time, metrics, scores
+                )
+                general = self.general if protocol.measures_general(edited) else []
+                extra = self.general_unit(session.lm, edited, unit.key, session, general)
+                unit.cases += extra.cases
+                unit.measures += extra.measures
+                yield unit
+        finally:
+            session.restore()
+
+    def general_unit(
+        self,
+        lm: LanguageModel,
+        checkpoint: int,
+        key: str,
+        session: EditSession | None = None,
+        tasks: Sequence[str] | None = None,
+    ) -> Unit:
+        """General ability of ``lm`` at ``checkpoint`` (the pseudo-case ``general``), with the
+        memory ``session`` holds to undo its edits."""
+        tasks = self.general if tasks is None else tasks
+        t0 = time.perf_counter()
+        scores = (
+            general_ability(lm, tasks, self.env.data_dir, limit=self.general_limit, seed=None)
+            if tasks
+            else {}
+        )
+        details: dict[str, Any] = {"general": scores} if scores else {}
+        if session is not None:
+            details["session_restore_bytes"] = session.restore_bytes
+        row = CaseRow(GENERAL_CASE, checkpoint, eval_time_s=time.perf_counter() - t0)
+        row.details = details or None
+        measures = [
+            MeasureRow(
+                GENERAL_CASE,
+                checkpoint,
+                task,
+                GENERAL_GROUP,
+                f"{score['metric']}: {score['protocol']}",
+                score["higher_is_better"],
+                None,
+                score["score"],
+                score["n"],
+            )
+            for task, score in scores.items()
+        ]
+        return Unit(key, [row], measures)
+
+    # -- rows --------------------------------------------------------------------------------------
+
+    def _update(
+        self, session: EditSession, requests: Sequence[Any], method: EditMethod
+    ) -> tuple[MemoryUse, float, list[Edit]]:
+        """One update in ``session``: the memory it took, its time and the edits it made."""
+        with measure_memory(model_device(self.model)) as memory:
+            t0 = time.perf_counter()
+            edits = session.edit_all(list(requests), method)
+            took = time.perf_counter() - t0
+        return memory, took, edits
+
+    def _scored_unit(
+        self,
+        key: str,
+        checkpoint: int,
+        cases: Sequence[EditCase],
+        costs: dict[str, dict[str, Any]],
+        eval_time: float,
+        metrics: list[Metric],
+        scores: Scores,
+    ) -> Unit:
+        """Case and measure rows of scored ``cases``, with each case's cost (by case id)."""
+        unit = Unit(key)
+        for case in cases:
+            cost = dict(costs[case.case_id])
+            results = scores[case.case_id]
+            details = {**requests_of([case]), **case_details(results)}
+            if cost.get("edit"):
+                details["edit"] = cost["edit"]
+            cost.pop("edit", None)
+            unit.cases.append(
+                CaseRow(case.case_id, checkpoint, eval_time_s=eval_time, details=details, **cost)
+            )
+            unit.measures += case_measures(case.case_id, checkpoint, results, metrics)
+        return unit
+
+
+def _cost(memory: MemoryUse, seconds: float, edits: Sequence[Edit]) -> dict[str, Any]:
+    """A case's cost: its share of the update's time, the update's memory, the edits' figures."""
+    return {"edit_time_s": seconds, **memory.as_row(), "edit": edit_infos(edits)}
+
+
+def _extra(memory: MemoryUse) -> int:
+    return memory.extra_bytes
+
+
+def _error(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}"

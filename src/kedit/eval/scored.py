@@ -1,0 +1,69 @@
+"""The rows of a scored case: one measure row per metric its probes feed, and the details its
+numbers alone do not show (its requests, the edit's own figures, dialogue turns, a sampled
+text)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kedit.eval.measures.pitfalls import dialogue_details
+from kedit.eval.metric import Metric
+from kedit.eval.rows import MeasureRow
+from kedit.eval.scoring import ProbeResult
+from kedit.methods.edit import Edit
+from kedit.types import EditCase
+
+
+def case_measures(
+    case_id: str, checkpoint: int, results: list[ProbeResult], metrics: list[Metric]
+) -> list[MeasureRow]:
+    """One row per metric the case's probes feed: paired metrics have no ``pre``; pooled ones
+    weigh the case by its number of probes."""
+    rows = []
+    for metric in metrics:
+        post = metric(results, "post")
+        if post is None:
+            continue
+        pre = None if metric.paired else metric(results, "pre")
+        weight = sum(r.probe.kind in metric.kinds for r in results) if metric.pooled else 1
+        rows.append(
+            MeasureRow(
+                case_id,
+                checkpoint,
+                metric.name,
+                metric.group,
+                metric.protocol,
+                metric.higher_is_better,
+                pre,
+                post,
+                weight,
+            )
+        )
+    return rows
+
+
+def case_details(results: list[ProbeResult]) -> dict[str, Any]:
+    """What a case's numbers alone do not show: for dialogue probes, the turns and outcomes; the
+    first sampled text about the subject (fluency), before and after."""
+    details: dict[str, Any] = {}
+    dialogue = dialogue_details(results)
+    if dialogue:
+        details["dialogue"] = dialogue
+    sampled = next((r for r in results if r.post.text is not None), None)
+    if sampled is not None:
+        details["generation_sample"] = {"pre": sampled.pre.text, "post": sampled.post.text}
+    return details
+
+
+def requests_of(cases: Sequence[EditCase]) -> dict[str, Any]:
+    return {"requests": [r.to_dict() for case in cases for r in case.requests]}
+
+
+def edit_infos(edits: Sequence[Edit]) -> dict[str, Any] | list[dict[str, Any]]:
+    """The edits' own figures (JSON-safe values only): one mapping, or one per edit."""
+    infos = [
+        {k: v for k, v in e.info.items() if isinstance(v, (int, float, str, bool, type(None)))}
+        for e in edits
+    ]
+    return infos[0] if len(infos) == 1 else infos
