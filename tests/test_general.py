@@ -146,7 +146,7 @@ RECORDS = {
     "sst2": {"sentence": "a fine film . ", "label": 1},
     "mrpc": {"sentence1": "He left .", "sentence2": "He went away .", "label": 1},
     "cola": {"sentence": "Him left.", "label": 0},
-    "rte": {"sentence1": "Cats purr.", "sentence2": "Cats make sounds.", "label": 1},
+    "rte": {"sentence1": "Cats purr.", "sentence2": "Cats make sounds.", "label": 0},
     "nli": {"sentence1": "Cats purr.", "sentence2": "Cats bark.", "label": "not_entailment"},
     "mmlu": {"question": "2+2?", "subject": "math", "choices": ["3", "4", "5", "6"], "answer": 1},
     "dialogue": {"article": "m : hi .", "options": ["a", "b", "c", "d"], "answers": "C"},
@@ -175,6 +175,17 @@ LABELS = {
     "dialogue": "C",
     "sentiment_analysis": "negative",
 }
+
+
+def test_rte_label_words_follow_glue():
+    """GLUE's RTE: label 0 is entailment ("True"), 1 not_entailment ("False"), as two records of
+    the shared subset show."""
+    rte = GENERAL_TASKS["rte"]
+    records = {r["idx"]: r for r in rte.load(data_dir())}
+    exile = records[91]  # "The Dalai Lama has been living in exile since 10,000." is not entailed
+    assert exile["label"] == 1 and rte.choices[rte.label(exile)] == "False"
+    member = records[171]  # "P. Prayong is a member of Theravada." is entailed
+    assert member["label"] == 0 and rte.choices[rte.label(member)] == "True"
 
 
 @pytest.mark.parametrize("name", sorted(RECORDS))

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from kedit.methods import METHODS, EditSession
+from kedit.methods import METHODS, EditSession, _value
 from kedit.methods._keys import mean_keys, subject_io
 from kedit.methods._stats import stats_for
 from kedit.methods._templates import context_templates, fill, flatten
-from kedit.methods._value import optimise_value
+from kedit.methods._value import ValueSearch, kl_prompt, optimise_value, relaxation
 from kedit.model.arch import weight_out_in
+from kedit.model.tokens import encode, token_index_of_span
 from kedit.types import EditRequest
 from tests.conftest import tiny_model
 from tests.tiny_configs import TINY
@@ -154,3 +155,33 @@ def test_r_rome_writes_v_star_for_the_averaged_key(arch, tokenizer, env):
     )
     assert torch.allclose(outputs.mean(0), target, atol=1e-3 * target.norm().item())
     edit.restore()
+
+
+def test_the_kl_prompt_is_the_subject_then_is_a(tokenizer, env, monkeypatch):
+    """ROME's compute_v and MEMIT's compute_z read the KL term on "{subject} is a", whatever the
+    edit prompt; filling the whole prompt in gives "The mother tongue of ... is is a"."""
+    request = EditRequest("The mother tongue of {} is", "Danielle Darrieux", "English", "French")
+    assert kl_prompt(request) == ("Danielle Darrieux is a", (0, len("Danielle Darrieux")))
+    model = tiny_model("llama")
+    rows = []
+    real = _value.PrefixCachedPass
+
+    def recording(model, ids, split, pad):
+        rows.append((ids[-1], split[-1]))
+        return real(model, ids, split, pad)
+
+    monkeypatch.setattr(_value, "PrefixCachedPass", recording)
+    search = ValueSearch(2, 0.5, 0.0, 4.0, 0.0625)
+    optimise_value(model, tokenizer, request, ["{}"], MLP["llama"].format(0), search)
+    ((kl_ids, kl_split),) = rows
+    assert kl_ids == encode(tokenizer, "Danielle Darrieux is a").ids
+    assert kl_split == token_index_of_span(tokenizer, "Danielle Darrieux is a", (0, 17))
+
+
+def test_pmet_relaxation_restores_the_nll_weight_when_the_target_is_no_longer_top1():
+    pmet = ValueSearch(10, 0.2, 0.5, 1.0, 1.0, nll_factor=2.0, relax_when_top1=True)
+    assert relaxation(pmet, top1=True, kl=0.5) == (pytest.approx(0.2), False)
+    assert relaxation(pmet, top1=True, kl=0.01) == (pytest.approx(0.2), True)
+    assert relaxation(pmet, top1=False, kl=0.001) == (2.0, False)  # back to the full weight
+    memit = ValueSearch(10, 0.5, 0.5, 4.0, 0.0625)
+    assert relaxation(memit, top1=True, kl=0.0) == (1.0, False)

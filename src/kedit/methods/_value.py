@@ -4,7 +4,7 @@ say the new target (ROME's compute_v, MEMIT's compute_z).
 A delta is added to the output of one module (ROME: the MLP output projection at the edited
 layer; MEMIT: the whole block at the last edited layer) at the subject's last token of every
 rewriting prompt ``<context template> + prompt + target[:-1]`` and of the KL prompt
-``"{subject} is a"``. Only the delta is optimised (Adam), for
+``"{subject} is a"`` (:func:`kl_prompt`). Only the delta is optimised (Adam), for
 
     loss = NLL(target | rewriting prompts) + kl_factor * KL(P_now || P_start on the KL prompt)
            + weight_decay * ||delta|| / ||v_start||^2
@@ -86,9 +86,7 @@ class ValueConfig(MethodConfig):
 class ValueSearch:
     """Hyperparameters of the v* optimisation (the fields of the same names in ROME/MEMIT).
 
-    ``nll_factor`` and ``relax_when_top1`` are PMET's: once the target is the top-1 prediction
-    on every rewriting prompt, the NLL weight drops to a tenth and the search stops as soon as
-    the KL term is below 0.01.
+    ``nll_factor`` and ``relax_when_top1`` are PMET's (see :func:`relaxation`).
     """
 
     steps: int
@@ -125,7 +123,7 @@ def optimise_value(
     the module docstring)."""
     paths = [module_paths] if isinstance(module_paths, str) else list(module_paths)
     prompts = _rewriting_prompts(tok, request, templates)
-    kl_text, kl_span = fill(KL_PROMPT, request)
+    kl_text, kl_span = kl_prompt(request)
     n_target = len(prompts.target_ids)
     passes = PrefixCachedPass(
         model,
@@ -181,11 +179,11 @@ def optimise_value(
                     kl.item(),
                     float(decay.detach()),
                 )
-            if search.relax_when_top1 and bool((tgt.argmax(-1) == target).all()):
-                nll_factor = 0.1 * search.nll_factor
-                if kl.item() < 0.01:
-                    break
-            if loss.item() < EARLY_STOP_LOSS or step == search.steps - 1:
+            if loss.item() < EARLY_STOP_LOSS:
+                break
+            top1 = bool((tgt.argmax(-1) == target).all())
+            nll_factor, stop = relaxation(search, top1, kl.item())
+            if stop or step == search.steps - 1:
                 break
             optimiser.zero_grad()
             loss.backward()
@@ -203,6 +201,25 @@ def optimise_value(
         loss.item(),
         nll.item(),
     )
+
+
+def kl_prompt(request: EditRequest) -> tuple[str, tuple[int, int]]:
+    """The KL ("essence") prompt, ``"{subject} is a"`` as ROME's ``compute_v`` and MEMIT's
+    ``compute_z`` fill it, and the subject's span in it: the KL term is read at the subject's
+    last token, so the prompt must start with the subject, whatever the edit prompt is."""
+    return KL_PROMPT.format(request.subject), (0, len(request.subject))
+
+
+def relaxation(search: ValueSearch, top1: bool, kl: float) -> tuple[float, bool]:
+    """PMET's relaxation (``compute_zs.py``): the NLL weight of the next step, and whether to
+    stop. While the new target is the top-1 prediction at every target position the weight is a
+    tenth and the search stops once the KL term is at most 0.01; as soon as it is not, the
+    weight goes back to ``nll_factor``. Without ``relax_when_top1``, the weight never moves."""
+    if not search.relax_when_top1:
+        return search.nll_factor, False
+    if top1:
+        return 0.1 * search.nll_factor, kl <= 0.01
+    return search.nll_factor, False
 
 
 class PrefixCachedPass:

@@ -8,8 +8,10 @@ optimises two targets at the last edited layer L at once, one for the attention 
 projection and one for the FFN output projection, and then updates only the FFNs: each layer l
 takes ``R = (m* - m_L) / sqrt(layers left)`` of the FFN target's residual (square root, not
 MEMIT's plain share), with MEMIT's covariance-weighted least squares. The target search weighs
-the NLL by ``nll_factor`` and, once the new target is the top-1 prediction everywhere, relaxes
-it to a tenth and stops as soon as the KL term is below 0.01.
+the NLL by ``nll_factor`` and, while the new target is the top-1 prediction everywhere, relaxes
+it to a tenth, stopping as soon as the KL term is at most 0.01; when the target stops being the
+top-1, the weight goes back (the reference's ``compute_zs.py``; kedit's version before 2026-11
+never restored it).
 """
 
 from __future__ import annotations

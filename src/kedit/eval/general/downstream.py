@@ -258,7 +258,9 @@ _TASKS: list[ChoiceTask] = [
     ChoiceTask(
         "rte",
         "{sentence1}\nquestion: {sentence2} True or False?\nanswer:",
-        ("False", "True"),
+        # GLUE's RTE labels 0 entailment, 1 not_entailment; the reference's rte_eval.py reads
+        # label 1 as "True", inverting every answer (its own bug, not copied)
+        ("True", "False"),
         _field("label"),
         reference=_GLUE + "rte_eval.py",
         description="RTE entailment (GLUE)",
