@@ -1,6 +1,7 @@
 """The pitfalls suite end to end on tiny models: two-step cases, every measurement, the audit."""
 
 import json
+import unicodedata
 
 import pytest
 
@@ -12,6 +13,7 @@ from kedit.eval.metric import METRICS, needs_of
 from kedit.eval.protocols import Sequential
 from kedit.eval.scoring import dialogue_transcript, first_clause, score_probes
 from kedit.model.lm import as_language_model
+from kedit.model.tokens import encode
 from kedit.types import EditCase, EditRequest, Probe, ProbeKind
 from tests.conftest import assert_same_state, snapshot, tiny_model
 from tests.tiny_configs import TINY
@@ -76,8 +78,8 @@ class RecordingLM:
     def __init__(self, tokenizer, answers):
         self.tokenizer, self.answers, self.asked = tokenizer, answers, []
 
-    def generate(self, prompts, max_new_tokens, top_k=None, seed=None):
-        self.asked.append((list(prompts), max_new_tokens, top_k, seed))
+    def generate(self, prompts, max_new_tokens, top_k=None, seed=None, stop_at_eos=True):
+        self.asked.append((list(prompts), max_new_tokens, top_k, seed, stop_at_eos))
         return [self.answers[len(self.asked) - 1]] * len(prompts)
 
     def score_targets(self, prompts, targets):
@@ -103,6 +105,52 @@ def test_dialogue_reply_continues_the_models_own_answer(tokenizer):
     )
     assert METRICS["dialogue_reverted_rate"]([result]) == 1.0
     assert first_clause(" Washington, D.C. is big. And") == "Washington, D.C. is big"
+
+
+def test_fluency_texts_follow_rome_s_generate_fast(tokenizer):
+    """ROME samples from the top 5 until the text, prompt included, is 100 tokens long, through
+    the end-of-sequence token, then normalises it (NFKD, paragraph breaks as spaces)."""
+    prompts = ["Café Zürich is", "A much longer prompt about the Eiffel Tower and Paris is"]
+    case = EditCase(
+        "f",
+        (EditRequest("{} is in", "Café Zürich", "Rome"),),
+        tuple(Probe(ProbeKind.GENERATION, p, "Rome") for p in prompts),
+    )
+    lm = RecordingLM(tokenizer, [" big.\n\nNaïve"])
+    results = {}
+    score_probes(lm, [case], needs_of([METRICS["fluency_ngram_entropy"]]), "post", results, 7)
+    ((asked, new_tokens, top_k, seed, stop_at_eos),) = lm.asked
+    assert asked == prompts and (top_k, seed, stop_at_eos) == (5, 7, False)
+    assert new_tokens == [100 - len(encode(tokenizer, p).ids) for p in prompts]
+    text = results["f"][0].post.text
+    assert text == unicodedata.normalize("NFKD", "Café Zürich is big. Naïve")
+    assert "\n" not in text and text != "Café Zürich is big. Naïve"  # decomposed accents
+
+
+def test_generation_can_go_past_the_end_of_sequence_token(tokenizer):
+    """Greedy generation whose first token is the end of sequence, then "Rome": stopping there
+    gives nothing, going on gives the rest (the special token itself is left out of the text,
+    as ROME removes "<|endoftext|>")."""
+    model = tiny_model("llama")
+    eos, rome = tokenizer.eos_token_id, tokenizer(" Rome", add_special_tokens=False).input_ids[0]
+    calls = {"n": 0}
+
+    def script(module, args, logits):
+        logits = logits.clone()
+        logits[:, -1, eos if calls["n"] == 0 else rome] = logits.max() + 10.0
+        calls["n"] += 1
+        return logits
+
+    handle = model.get_output_embeddings().register_forward_hook(script)
+    lm = as_language_model(model, tokenizer)
+    try:
+        stopped = lm.generate(["Rome is"], 4)
+        calls["n"] = 0
+        went_on = lm.generate(["Rome is"], 4, stop_at_eos=False)
+    finally:
+        handle.remove()
+    assert stopped == [""]
+    assert went_on == [" Rome Rome Rome"]
 
 
 def test_pitfalls_suite_runs_every_measure_the_cases_feed(tokenizer, env, tmp_path):

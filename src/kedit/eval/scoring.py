@@ -11,6 +11,7 @@ probes of all requested cases.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -19,6 +20,7 @@ import torch
 
 from kedit.eval.formulas.mquake import normalize_answer
 from kedit.model.lm import LanguageModel, TargetScore
+from kedit.model.tokens import encode
 from kedit.types import EditCase, Probe
 
 Key = TypeVar("Key")
@@ -26,7 +28,8 @@ Key = TypeVar("Key")
 #: extra tokens generated beyond the longest accepted answer, so a differently tokenised but
 #: correct answer still fits
 GENERATION_SLACK = 2
-#: fluency texts: ROME's ``generate_fast`` samples 100 tokens from the top 5
+#: fluency texts: ROME's ``generate_fast(max_out_len=100)`` samples from the top 5 until the text
+#: is 100 tokens long, prompt included, without stopping at the end-of-sequence token
 TEXT_TOKENS, TEXT_TOP_K = 100, 5
 #: dialogue: the model's first answer is cut at the end of its first clause; its reply to the
 #: follow-up gets 30 new tokens, as Ma et al. (``max_new_tokens=30``)
@@ -161,11 +164,22 @@ def _next_tokens(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]]) -> Non
 
 
 def _sample_texts(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]], seed: int) -> None:
+    """ROME's fluency texts: seeded top-5 samples filling each prompt up to ``TEXT_TOKENS``
+    tokens in all, through the end-of-sequence token, scored with the prompt and normalised as
+    ROME's ``generate_fast`` does."""
     if not jobs:
         return
-    texts = lm.generate([p.prompt for _, p in jobs], TEXT_TOKENS, top_k=TEXT_TOP_K, seed=seed)
+    prompts = [p.prompt for _, p in jobs]
+    new = [max(1, TEXT_TOKENS - len(encode(lm.tokenizer, p).ids)) for p in prompts]
+    texts = lm.generate(prompts, new, top_k=TEXT_TOP_K, seed=seed, stop_at_eos=False)
     for (score, probe), text in zip(jobs, texts):
-        score.text = probe.prompt + text  # ROME scores the prompt with its continuation
+        score.text = rome_text(probe.prompt + text)  # ROME scores the prompt with its text
+
+
+def rome_text(text: str) -> str:
+    """ROME's normalisation of generated text: Unicode NFKD, and paragraph breaks as spaces (the
+    end-of-text token it also removes is left out of our texts already)."""
+    return unicodedata.normalize("NFKD", text).replace("\n\n", " ")
 
 
 def first_clause(text: str) -> str:

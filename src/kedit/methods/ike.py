@@ -111,8 +111,10 @@ class InContextLM:
         max_new_tokens: int | Sequence[int],
         top_k: int | None = None,
         seed: int | None = None,
+        stop_at_eos: bool = True,
     ) -> list[str]:
-        return self.base.generate(self.contextualise(prompts), max_new_tokens, top_k, seed)
+        contextualised = self.contextualise(prompts)
+        return self.base.generate(contextualised, max_new_tokens, top_k, seed, stop_at_eos)
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> torch.Tensor:
         return self.base.next_token_logprobs(self.contextualise(prompts))

@@ -68,8 +68,10 @@ class LanguageModel(Protocol):
         max_new_tokens: int | Sequence[int],
         top_k: int | None = None,
         seed: int | None = None,
+        stop_at_eos: bool = True,
     ) -> list[str]:
-        """Greedy continuations (text only, without the prompt), or seeded top-k samples."""
+        """Greedy continuations (text only, without the prompt), or seeded top-k samples;
+        ``stop_at_eos=False`` goes on past the end-of-sequence token (ROME's fluency texts)."""
         ...
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -229,9 +231,10 @@ class HFLanguageModel:
         max_new_tokens: int | Sequence[int],
         top_k: int | None = None,
         seed: int | None = None,
+        stop_at_eos: bool = True,
     ) -> list[str]:
         """Greedy continuations, or top-k samples when ``top_k`` is set (seeded, and isolated
-        from the global random state)."""
+        from the global random state); special tokens are left out of the text."""
         limits = (
             [max_new_tokens] * len(prompts)
             if isinstance(max_new_tokens, int)
@@ -248,7 +251,8 @@ class HFLanguageModel:
                 do_sample=top_k is not None,
                 top_k=top_k,
                 pad_token_id=self._pad,
-                eos_token_id=self.tokenizer.eos_token_id,
+                # an empty list: no token ends generation (None would fall back to the model's)
+                eos_token_id=self.tokenizer.eos_token_id if stop_at_eos else [],
             )
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 if seed is not None:

@@ -12,10 +12,13 @@ Conventions and deliberate differences, measure by measure:
   also divides by the vocabulary size (multiply ours by 1/V to compare). Lower is better.
 * **One Hop** (Yao et al. 2023b; EVOKE): teacher-forced token accuracy of the one-hop answer in
   the core suite (EasyEdit's ``portability_acc``), plus whether the greedy answer starts with it.
-* **Fluency** (ROME ``test_generation``): weighted bi/tri-gram entropy of 100-token top-5
-  samples for the case's generation prompts, prompt included, mean over texts. Our own word
-  tokenizer stands in for nltk's (:func:`kedit.eval.formulas.word_tokenize`); samples are
-  seeded, so a rerun gives the same texts.
+* **Fluency** (ROME ``test_generation``): weighted bi/tri-gram entropy of the case's generation
+  prompts continued as ROME's ``generate_fast(max_out_len=100)`` does: top-5 samples until the
+  text is 100 tokens long, prompt included, not stopping at the end-of-sequence token, the text
+  NFKD-normalised with paragraph breaks as spaces; mean over texts. (Before 2026-11 kedit drew
+  100 new tokens and stopped at the end of sequence.) Our own word tokenizer stands in for
+  nltk's (:func:`kedit.eval.formulas.word_tokenize`); samples are seeded, so a rerun gives the
+  same texts.
 * **Robustness in dialogue** (Ma et al. 2024): the model answers the edit question, then a
   follow-up turn challenges the answer (an explicit doubt naming the old answer, a distracting
   context about the old answer, or the question reworded after unrelated turns). The first line
@@ -110,7 +113,7 @@ register(
     "general ability",
     FLUENCY,
     (ProbeKind.GENERATION,),
-    "generation entropy (ROME): weighted bi/tri-gram entropy of 100-token samples about the "
+    "generation entropy (ROME): weighted bi/tri-gram entropy of 100-token texts about the "
     "subject, in bits; a collapsing model repeats itself and scores low",
     fluency,
     measure="text",
