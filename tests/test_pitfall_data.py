@@ -19,6 +19,7 @@ from kedit.data.multi_edit import (
     round_edit,
 )
 from kedit.types import ProbeKind
+from tests.conftest import data_dir
 
 
 def entity(label, id_="Q1"):
@@ -113,8 +114,29 @@ def test_conflict_reverse_case(pitfalls_dir):
         ("The child of Carl is", "Ann"),
         ("Carl's child is", "Ann"),
     ]
-    with pytest.raises(ValueError, match="only reverse and composite"):
-        conflict_edit(pitfalls_dir)({**record, "type": "coverage"}, 0)
+    with pytest.raises(ValueError, match="coverage, reverse and composite"):
+        conflict_edit(pitfalls_dir)({**record, "type": "chain"}, 0)
+
+
+def test_conflict_coverage_case(pitfalls_dir):
+    """Coverage: the same subject and relation edited twice (o -> o1 -> o2), scored after both
+    edits and with the second edit alone."""
+    record = {
+        "type": "coverage",
+        "triples": [],
+        "edits": [edit(FATHER, "Ann", "Bob", "Carl"), edit(FATHER, "Ann", "Carl", "Dan")],
+    }
+    case = conflict_edit(pitfalls_dir)(record, 5)
+    assert case.steps == (1, 1) and case.last_step_alone
+    assert [r.target_new for r in case.requests] == ["Carl", "Dan"]
+    assert {p.expected for p in case.probes_of(ProbeKind.CONFLICT_OLD)} == {"Carl"}
+    assert {p.expected for p in case.probes_of(ProbeKind.CONFLICT_EXPLICIT)} == {"Dan"}
+    assert not case.probes_of(ProbeKind.CONFLICT_IMPLICIT)
+
+
+def test_coverage_records_of_the_shared_data_load():
+    cases = load_dataset("conflict-coverage", data_dir(), limit=5)
+    assert len(cases) == 5 and all(c.last_step_alone for c in cases)
 
 
 def test_round_edit_case(pitfalls_dir):

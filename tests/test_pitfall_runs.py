@@ -252,3 +252,60 @@ def test_probes_sharing_a_question_ask_it_once(tokenizer):
     assert questions[0] == [request.text]  # one answer, shared by the three probes
     assert len(replies[0]) == 3 and len(set(replies[0])) == 3
     assert [r.post.answer for r in results["d"]] == ["Rome"] * 3
+
+
+def coverage_case() -> EditCase:
+    first = EditRequest("{} is a citizen of", "Ann Lee", "Peru", "France")
+    second = EditRequest(first.prompt, first.subject, "Chile", "Peru")
+    probes = [
+        Probe(ProbeKind.CONFLICT_OLD, first.text, "Peru"),
+        Probe(ProbeKind.CONFLICT_EXPLICIT, first.text, "Chile"),
+    ]
+    return EditCase("cov", (first, second), tuple(probes), steps=(1, 1), last_step_alone=True)
+
+
+def test_coverage_success_scores_the_second_edit_applied_alone(tokenizer, env, monkeypatch):
+    """ConflictEdit's coverage: both edits in sequence (conflict score, magnitude), then the
+    second edit alone on the unedited model (success), and the model restored after each."""
+    from kedit.methods import EditSession
+
+    model = tiny_model("llama")
+    before = snapshot(model)
+    applied = []
+    real = EditSession.edit_all
+
+    def recording(self, requests, method):
+        applied.append((len(self), [r.target_new for r in requests]))
+        return real(self, requests, method)
+
+    monkeypatch.setattr(EditSession, "edit_all", recording)
+    names = ["coverage_success", "conflict_score_explicit", "conflict_magnitude"]
+    report = evaluate(
+        model,
+        tokenizer,
+        [coverage_case()],
+        "ft-m",
+        overrides={**TINY["ft-m"], "num_steps": 40},
+        metrics=names,
+        env=env,
+        progress=False,
+    )
+    assert_same_state(model, before)
+    # (edits already in the session, the update's targets): Peru then Chile; Chile alone
+    assert applied == [(0, ["Peru"]), (1, ["Chile"]), (0, ["Chile"])]
+    (row,) = report.rows
+    # FT-M drives each edit's target to the top: with Chile alone, Chile beats Peru
+    assert row["metrics"]["coverage_success"] == {"post": 1.0}
+    assert set(row["metrics"]) == set(names)
+    sequential = evaluate(
+        model,
+        tokenizer,
+        [coverage_case()],
+        "ft-m",
+        protocol="sequential:1",
+        overrides=TINY["ft-m"],
+        suite="pitfalls",
+        env=env,
+        progress=False,
+    )
+    assert "edit steps one by one" in sequential.summary["skipped"]["coverage_success"]

@@ -223,6 +223,9 @@ class EditCase:
     probes: tuple[Probe, ...] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
     steps: tuple[int, ...] = ()
+    #: also score the probes on the unedited model with only the last step applied
+    #: (``ProbeResult.alone``; ConflictEdit's coverage success)
+    last_step_alone: bool = False
 
     def __post_init__(self) -> None:
         if not self.requests:
@@ -235,6 +238,9 @@ class EditCase:
                 f"case {self.case_id!r}: steps {self.steps} must be positive and add up to its "
                 f"{len(self.requests)} requests"
             )
+
+        if self.last_step_alone and len(self.steps) < 2:
+            raise ValueError(f"case {self.case_id!r}: last_step_alone needs at least two steps")
 
     @property
     def request(self) -> EditRequest:

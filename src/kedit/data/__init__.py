@@ -83,10 +83,11 @@ _SPECS = [
             f"conflict-{mode}",
             f"pitfalls/GPT-J/{mode}_edit.json",
             None,
-            f"ConflictEdit {mode} conflict (GPT-J split): two edits in sequence",
+            f"ConflictEdit {mode} conflict (GPT-J split): two edits in sequence"
+            + (", and the second alone" if mode == "coverage" else ""),
             prepare=multi_edit.conflict_edit,
         )
-        for mode in ("reverse", "composite")
+        for mode in ("coverage", "reverse", "composite")
     ],
     DatasetSpec(
         "reversed-relation",

@@ -132,14 +132,18 @@ def fact_probes(
 
 
 def conflict_edit(folder: Path) -> Converter:
-    """ConflictEdit reverse or composite records: ``edits[0]`` then ``edits[1]`` as two steps."""
+    """ConflictEdit records: ``edits[0]`` then ``edits[1]`` as two steps. Coverage records
+    (the same subject and relation edited twice, o -> o1 -> o2) are also scored with the second
+    edit applied alone to the unedited model, for the coverage success."""
     prompts = relation_prompts(folder / "conflict_prompts.json")
 
     def convert(record: Record, index: int) -> EditCase:
         first, second = record["edits"][:2]
         kind = record.get("type")
-        if kind not in ("reverse", "composite"):
-            raise ValueError(f"ConflictEdit type {kind!r}: only reverse and composite conflict")
+        if kind not in ("coverage", "reverse", "composite"):
+            raise ValueError(
+                f"ConflictEdit type {kind!r}: the types are coverage, reverse and composite"
+            )
         old = first["new_object"]["label"]
         probes = fact_probes(
             ProbeKind.CONFLICT_OLD,
@@ -159,11 +163,14 @@ def conflict_edit(folder: Path) -> Converter:
         )
         if kind == "reverse":  # (s', r, o1): the first relation with the second edit's subject
             implied = (first["relation"], second["new_object"]["label"], old)
-        else:  # the first edit's subject and relation take the second edit's object
+        elif kind == "composite":  # the first edit's subject and relation take the second's object
             implied = (first["relation"], first["subject"]["label"], second["new_object"]["label"])
-        probes += fact_probes(
-            ProbeKind.CONFLICT_IMPLICIT, *implied, prompts, "the fact both edits imply"
-        )
+        else:  # coverage: the second edit overwrites the first; nothing is implied
+            implied = None
+        if implied is not None:
+            probes += fact_probes(
+                ProbeKind.CONFLICT_IMPLICIT, *implied, prompts, "the fact both edits imply"
+            )
         if kind == "composite":
             tied = record["triples"][0]
             probes += fact_probes(
@@ -180,6 +187,7 @@ def conflict_edit(folder: Path) -> Converter:
             tuple(probes),
             {"type": kind, "rule": record.get("rule")},
             steps=(1, 1),
+            last_step_alone=kind == "coverage",
         )
 
     return convert

@@ -171,11 +171,12 @@ class Engine:
         self, case: EditCase, method: EditMethod, metrics: list[Metric], scores: Scores
     ) -> Unit:
         """Edit one case on the unedited model in its steps, score it after the first step
-        (where a measure reads that) and after the last, undo the edit."""
+        (where a measure reads that) and after the last, undo the edit; where a measure reads
+        it, apply the last step alone to the unedited model and score that too."""
         needs = needs_of(metrics)
+        steps, edits, eval_time, edit_time, peak = case.edit_steps, [], 0.0, 0.0, None
         try:
             with EditSession(self.model, self.tok, self.env) as session:
-                steps, edits, eval_time, edit_time, peak = case.edit_steps, [], 0.0, 0.0, None
                 for number, requests in enumerate(steps, start=1):
                     memory, took, made = self._update(session, requests, method)
                     edits += made
@@ -184,6 +185,13 @@ class Engine:
                     if number == 1 and len(steps) > 1 and needs.mid:
                         eval_time += self._score(session.lm, [case], needs, "mid", scores)
                 eval_time += self._score(session.lm, [case], needs, "post", scores)
+            if case.last_step_alone and needs.alone:
+                with EditSession(self.model, self.tok, self.env) as session:
+                    memory, took, made = self._update(session, steps[-1], method)
+                    edits += made
+                    edit_time += took
+                    peak = max(peak, memory, key=_extra)
+                    eval_time += self._score(session.lm, [case], needs, "alone", scores)
         except Exception as err:  # one failing case must not end a run of thousands
             log.warning("case %s failed: %s", case.case_id, err)
             row = CaseRow(case.case_id, 1, error=_error(err), details=requests_of([case]))

@@ -62,6 +62,8 @@ class Metric:
     suites: tuple[str, ...] = SUITES
     mid: bool = False
     pooled: bool = False
+    #: it reads the scores with only a case's last step applied (``ProbeResult.alone``)
+    alone: bool = False
 
     def __call__(self, results: list[ProbeResult], stage: Stage = "post") -> float | None:
         relevant = [r for r in results if r.probe.kind in self.kinds]
@@ -101,6 +103,7 @@ def register(
     suites: tuple[str, ...] = SUITES,
     mid: bool = False,
     pooled: bool = False,
+    alone: bool = False,
 ) -> None:
     """Register a metric; ``measure`` defaults to generation for the generation protocol and to
     teacher-forced scores otherwise."""
@@ -122,6 +125,7 @@ def register(
             suites,
             mid,
             pooled,
+            alone,
         ),
     )
 
@@ -130,8 +134,9 @@ def needs_of(metrics: list[Metric]) -> Needs:
     kinds: dict[str, set[str]] = {m: set() for m in MEASUREMENTS}
     for metric in metrics:
         kinds[metric.measure].update(metric.kinds)
-    mid = {k for m in metrics if m.mid for k in m.kinds}
-    return Needs(**{m: frozenset(k) for m, k in kinds.items()}, mid=frozenset(mid))
+    mid = frozenset(k for m in metrics if m.mid for k in m.kinds)
+    alone = frozenset(k for m in metrics if m.alone for k in m.kinds)
+    return Needs(**{m: frozenset(k) for m, k in kinds.items()}, mid=mid, alone=alone)
 
 
 #: the group of general-ability tasks (perplexity, downstream tasks), measured on the model as a

@@ -58,9 +58,11 @@ class ProbeResult:
     pre: ProbeScore = field(default_factory=ProbeScore)
     post: ProbeScore = field(default_factory=ProbeScore)
     mid: ProbeScore = field(default_factory=ProbeScore)
+    #: on the unedited model with only the last of several steps applied
+    alone: ProbeScore = field(default_factory=ProbeScore)
 
     def stage(self, name: str) -> ProbeScore:
-        return {"pre": self.pre, "mid": self.mid, "post": self.post}[name]
+        return {"pre": self.pre, "mid": self.mid, "post": self.post, "alone": self.alone}[name]
 
 
 @dataclass(frozen=True)
@@ -73,16 +75,20 @@ class Needs:
     text: frozenset[str] = frozenset()  # kinds needing a long sampled text
     dialogue: frozenset[str] = frozenset()  # kinds needing answer + reply to a follow-up
     mid: frozenset[str] = frozenset()  # kinds also scored after the first edit step
+    alone: frozenset[str] = frozenset()  # kinds also scored with the last step applied alone
 
     @property
     def kinds(self) -> frozenset[str]:
         return self.scores | self.generation | self.next_token | self.text | self.dialogue
 
     def at_stage(self, stage: str) -> Needs:
-        """Only what is measured at ``stage`` (the ``mid`` stage scores the ``mid`` kinds)."""
-        if stage != "mid":
-            return self
-        return Needs(self.scores & self.mid)
+        """Only what is measured at ``stage`` (the ``mid`` and ``alone`` stages score their
+        kinds' teacher-forced scores)."""
+        if stage == "mid":
+            return Needs(self.scores & self.mid)
+        if stage == "alone":
+            return Needs(self.scores & self.alone)
+        return self
 
 
 def score_probes(

@@ -36,7 +36,7 @@ def choose_metrics(
     names: list[str] | None, suite: str, cases: list[EditCase], protocol: Protocol
 ) -> tuple[list[Metric], dict[str, str]]:
     """The metrics to compute, and those skipped with the reason (logged): no case has probes
-    for them, or they read a case's first edit step, which only the single protocol runs. A
+    for them, or they read a case's edit steps one by one, which only the single protocol runs. A
     metric named explicitly that the dataset cannot feed is an error."""
     chosen = resolve_metrics(names, suite)
     skipped = missing_probes(chosen, cases)
@@ -48,9 +48,9 @@ def choose_metrics(
         )
     if not protocol.runs_steps:
         for metric in chosen:
-            if metric.mid and metric.name not in skipped:
+            if (metric.mid or metric.alone) and metric.name not in skipped:
                 skipped[metric.name] = (
-                    "it reads a case's first edit step, which only the single protocol runs"
+                    "it reads a case's edit steps one by one, which only the single protocol runs"
                 )
     for name, why in skipped.items():
         log.info("skipping %s: %s", name, why)

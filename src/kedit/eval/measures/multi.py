@@ -15,7 +15,9 @@
   length-normalised P(object | prompt). Conflict Score ``1[P'(k_new) > P'(k_old)]`` with k_old the
   first edit's fact and k_new the second's (explicit) or the fact the two imply (implicit);
   Conflict Magnitude ``max((P_m(k_old) - P'(k_old)) / P_m(k_old), -1)`` from after the first edit
-  to after both; Tied Fact Damage ``(P_0(tied) - P'(tied)) / P_0(tied)`` (composite only).
+  to after both; Tied Fact Damage ``(P_0(tied) - P'(tied)) / P_0(tied)`` (composite only);
+  coverage success ``1[P_2(o2) > P_2(o1)]`` with only the second edit applied to the unedited
+  model (coverage only: s, r, o -> o1, then o1 -> o2; the reference's ``S_post > S_pre``).
 * **RoundEdit** (same repository): o -> o* then o* -> o. Success ``½·1[P_e1(o*) > P_e1(o)] +
   ½·1[P'(o) > P'(o*)]``; knowledge distortion, the JS divergence of the L1-normalised
   probabilities of the true objects before editing and after the round trip (reported both as the
@@ -29,6 +31,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from kedit.eval.formulas import (
+    coverage_success,
     fact_probability,
     ignore_rate,
     knowledge_distortion,
@@ -168,6 +171,26 @@ register(
     paired=True,
     suites=PITFALLS,
     mid=True,
+)
+
+
+def coverage(results: list[ProbeResult], stage: Stage) -> float | None:
+    alone = fact_probabilities(results, "alone")
+    new, old = _one(alone, ProbeKind.CONFLICT_EXPLICIT), _one(alone, ProbeKind.CONFLICT_OLD)
+    return None if new is None or old is None else coverage_success([new], [old])
+
+
+register(
+    "coverage_success",
+    "distortion",
+    FACT,
+    (ProbeKind.CONFLICT_OLD, ProbeKind.CONFLICT_EXPLICIT),
+    "ConflictEdit coverage Succ: with only the second edit applied, P(its object o2) > "
+    "P(the first edit's object o1)",
+    coverage,
+    paired=True,
+    suites=PITFALLS,
+    alone=True,
 )
 
 
