@@ -14,6 +14,7 @@ from kedit.data.loaders import (
 from kedit.data.multi_edit import (
     conflict_edit,
     mquake,
+    mquake_cloze,
     multi_hop_prompt,
     reversed_relation,
     round_edit,
@@ -160,44 +161,84 @@ def test_round_edit_case(pitfalls_dir):
     assert build_cases([alone], round_edit(pitfalls_dir), "test") == []  # skipped, counted
 
 
-def test_mquake_case():
-    record = {
-        "case_id": 1,
-        "requested_rewrite": [
-            {
-                "prompt": "{} is a citizen of",
-                "subject": "Ellie Kemper",
-                "target_new": {"str": "Croatia"},
-                "target_true": {"str": "United States of America"},
-            }
-        ],
-        "questions": ["Who heads the state Ellie Kemper is a citizen of?", "Q2?", "Q3?"],
-        "answer": "Donald Trump",
-        "answer_alias": ["Trump"],
-        "new_answer": "Kolinda Grabar-Kitarović",
-        "new_answer_alias": ["Grabar-Kitarović"],
-        "new_single_hops": [
-            {"cloze": "Ellie Kemper is a citizen of", "answer": "Croatia", "answer_alias": ["CRO"]},
-            {"cloze": "The head of state of Croatia is", "answer": "Kolinda", "answer_alias": []},
-        ],
-    }
-    case = mquake(record, 0)
+MQUAKE_RECORD = {
+    "case_id": 1,
+    "requested_rewrite": [
+        {
+            "prompt": "{} is a citizen of",
+            "subject": "Ellie Kemper",
+            "target_new": {"str": "Croatia"},
+            "target_true": {"str": "United States of America"},
+        }
+    ],
+    "questions": ["Who heads the state Ellie Kemper is a citizen of?", "Q2?", "Q3?"],
+    "answer": "Donald Trump",
+    "answer_alias": ["Trump"],
+    "new_answer": "Kolinda Grabar-Kitarović",
+    "new_answer_alias": ["Grabar-Kitarović"],
+    "new_single_hops": [
+        {
+            "question": "What is the country of citizenship of Ellie Kemper?",
+            "cloze": "Ellie Kemper is a citizen of",
+            "answer": "Croatia",
+            "answer_alias": ["CRO"],
+        },
+        {
+            "question": "What is the name of the current head of state in Croatia?",
+            "cloze": "The head of state of Croatia is",
+            "answer": "Kolinda",
+            "answer_alias": [],
+        },
+    ],
+    "orig": {
+        "new_triples": [["Q72077", "P27", "Q224"], ["Q224", "P35", "Q3176299"]],
+        "edit_triples": [["Q72077", "P27", "Q224"]],
+    },
+}
+
+
+def test_mquake_case_asks_as_the_benchmark_does():
+    """Edited facts by their cloze; the unedited hop by its question after the relation's eight
+    demonstrations (rel-prompts.json); the multi-hop questions after multihop-prompts.txt,
+    judged by their whole answer line."""
+    folder = data_dir() / "mquake"
+    prompts = folder / "prompts"
+    relations = json.loads((prompts / "rel-prompts.json").read_text())
+    demonstrations = (prompts / "multihop-prompts.txt").read_text()
+    case = mquake(folder)(MQUAKE_RECORD, 0)
     assert case.case_id == "1" and not case.steps  # all edits applied together
     (hop,) = case.probes_of(ProbeKind.EDITED_HOP)
-    assert (hop.prompt, hop.expected, hop.aliases) == (
+    assert (hop.prompt, hop.expected, hop.aliases, hop.exact) == (
         "Ellie Kemper is a citizen of",
         "Croatia",
         ("CRO",),
+        False,
     )
-    assert len(case.probes_of(ProbeKind.NEW_CHAIN_HOP)) == 2
+    edited, unedited = case.probes_of(ProbeKind.NEW_CHAIN_HOP)
+    assert edited.prompt == "Ellie Kemper is a citizen of" and not edited.exact
+    assert unedited.exact and unedited.prompt == (
+        relations["P35"] + "\nQ: What is the name of the current head of state in Croatia? A:"
+    )
     multi = case.probes_of(ProbeKind.MULTI_HOP)
-    assert len(multi) == 3 and multi[0].aliases == ("Grabar-Kitarović",)
-    assert multi[0].prompt == multi_hop_prompt(record["questions"][0])
-    assert multi[0].prompt.endswith("Q: Who heads the state Ellie Kemper is a citizen of?\nA:")
+    assert len(multi) == 3 and multi[0].aliases == ("Grabar-Kitarović",) and multi[0].exact
+    assert multi[0].prompt == (
+        demonstrations.rstrip() + "\nQ: Who heads the state Ellie Kemper is a citizen of? A:"
+    )
     original = case.probes_of(ProbeKind.MULTI_HOP_ORIGINAL)
     assert {p.expected for p in original} == {"Donald Trump"}
     # multi-edit benchmarks get no dialogue probes, even with one edit
-    assert not build_cases([record], mquake, "t")[0].probes_of(ProbeKind.DIALOGUE)
+    assert not build_cases([MQUAKE_RECORD], mquake(folder), "t")[0].probes_of(ProbeKind.DIALOGUE)
+    with pytest.raises(FileNotFoundError, match="mquake-cloze"):
+        mquake(folder / "nowhere")
+
+
+def test_mquake_cloze_keeps_kedit_s_earlier_variant():
+    case = mquake_cloze(MQUAKE_RECORD, 0)
+    hops = case.probes_of(ProbeKind.NEW_CHAIN_HOP)
+    assert [h.prompt for h in hops] == [h["cloze"] for h in MQUAKE_RECORD["new_single_hops"]]
+    multi = case.probes_of(ProbeKind.MULTI_HOP)
+    assert multi[0].prompt == multi_hop_prompt(MQUAKE_RECORD["questions"][0]) and not multi[0].exact
+    assert multi[0].prompt.endswith("Q: Who heads the state Ellie Kemper is a citizen of?\nA:")
 
 
 def test_evoke_record_gets_distracting_neighbours_one_hop_and_dialogue():

@@ -122,8 +122,10 @@ def test_neighborhood_kl_on_fixed_logits():
 # -- MQuAKE ------------------------------------------------------------------------------------
 
 
-def answered(kind: str, text: str, expected: str = "Croatia", aliases=()) -> ProbeResult:
-    result = ProbeResult(Probe(kind, "q", expected, aliases=tuple(aliases)))
+def answered(
+    kind: str, text: str, expected: str = "Croatia", aliases=(), exact: bool = False
+) -> ProbeResult:
+    result = ProbeResult(Probe(kind, "q", expected, aliases=tuple(aliases), exact=exact))
     result.post.generation = text
     result.pre.generation = " nothing"
     return result
@@ -157,6 +159,20 @@ def test_mquake_measures_and_pooled_edit_wise_success():
     # pooled over the three edited facts (2 of 3 recalled), not the mean of 0.5 and 1.0
     assert means["mquake_edit_wise_success"].post == pytest.approx(2 / 3)
     assert means["mquake_instance_accuracy"].post == 0.5
+
+
+def test_a_question_is_answered_by_its_whole_first_line():
+    """MQuAKE judges a Q/A answer by equality with the answer or an alias; a cloze continuation
+    only has to start with one."""
+    exact = [
+        answered(ProbeKind.MULTI_HOP, " Kolinda\nQ: next", "Kolinda", exact=True),
+        answered(ProbeKind.MULTI_HOP, " Kolinda, president", "Kolinda", exact=True),
+        answered(ProbeKind.MULTI_HOP, " Grabar", "Kolinda", exact=True, aliases=["Grabar"]),
+    ]
+    flags = [METRICS["mquake_multi_hop_accuracy"]([r]) for r in exact]
+    assert flags == [1.0, 0.0, 1.0]
+    cloze = answered(ProbeKind.MULTI_HOP, " Kolinda, president", "Kolinda")
+    assert METRICS["mquake_multi_hop_accuracy"]([cloze]) == 1.0
 
 
 # -- fluency -----------------------------------------------------------------------------------

@@ -184,6 +184,7 @@ class Probe:
     (ConflictEdit, RoundEdit). ``followup`` is, for dialogue probes, the turn said after the
     model's own answer to ``prompt``; the model's reply to it is what gets classified.
     ``alternative_aliases`` are accepted spellings of the alternative (dialogue, multi-hop).
+    ``exact`` judges a generated answer by its whole first line (see the field).
     """
 
     kind: str
@@ -195,6 +196,10 @@ class Probe:
     fact: str = ""
     followup: str = ""
     alternative_aliases: tuple[str, ...] = ()
+    #: a question asked in Q/A form after demonstrations: the answer is the generation's first
+    #: line and must equal the expected answer or an alias (MQuAKE's judging); otherwise the
+    #: generation need only start with one (a cloze statement's continuation)
+    exact: bool = False
 
     def __post_init__(self) -> None:
         _require_text(self.kind, "probe kind")

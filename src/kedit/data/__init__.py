@@ -75,8 +75,15 @@ _SPECS = [
     DatasetSpec(
         "mquake",
         "mquake/MQuAKE-CF.json",
-        multi_edit.mquake,
-        "MQuAKE-CF subset: up to 4 edits per case, multi-hop questions",
+        None,
+        "MQuAKE-CF subset: up to 4 edits per case, multi-hop questions, the benchmark's prompts",
+        prepare=multi_edit.mquake,
+    ),
+    DatasetSpec(
+        "mquake-cloze",
+        "mquake/MQuAKE-CF.json",
+        multi_edit.mquake_cloze,
+        "MQuAKE-CF subset, kedit's earlier variant: every hop by its cloze, its own prompts",
     ),
     *[
         DatasetSpec(
@@ -185,7 +192,7 @@ def detect_format(record: loaders.Record, path: Path) -> Converter:
     if "edits" in keys and "triples" in keys:
         return multi_edit.conflict_edit(path.parent)
     if "questions" in keys and isinstance(record.get("requested_rewrite"), list):
-        return multi_edit.mquake
+        return multi_edit.mquake(path.parent)
     return loaders.detect_format(record)
 
 

@@ -21,7 +21,7 @@ Converter = Callable[[Record, int], EditCase]
 
 # -- MQuAKE ------------------------------------------------------------------------------------
 
-#: demonstrations for the multi-hop questions (a base model needs the Q/A format shown); facts
+#: kedit's own demonstrations for the multi-hop questions in the ``mquake-cloze`` variant; facts
 #: chosen to be stable and unrelated to MQuAKE's edits
 MULTI_HOP_SHOTS = (
     ("What is the capital of the country where the Eiffel Tower is located?", "Paris"),
@@ -29,25 +29,85 @@ MULTI_HOP_SHOTS = (
     ("On which continent is the country whose capital is Nairobi?", "Africa"),
     ("What currency is used in the country where the Colosseum is located?", "Euro"),
 )
+MQUAKE_PROMPTS = "prompts"  # the folder beside the data file that holds MQuAKE's prompts
 
 
-def multi_hop_prompt(question: str) -> str:
-    """``question`` after the few-shot demonstrations, ending where the answer goes."""
-    shots = "".join(f"Q: {q}\nA: {a}\n" for q, a in MULTI_HOP_SHOTS)
-    return f"{shots}Q: {question}\nA:"
+def multi_hop_prompt(question: str, demonstrations: str | None = None) -> str:
+    """``question`` in Q/A form after ``demonstrations`` (MQuAKE's ``multihop-prompts.txt``, one
+    "Q: ... A: ..." line each), ending where the answer goes; without them, after kedit's own
+    four, written as kedit's earlier variant wrote them ("Q: ...\\nA: ...")."""
+    if demonstrations is None:
+        shots = "".join(f"Q: {q}\nA: {a}\n" for q, a in MULTI_HOP_SHOTS)
+        return f"{shots}Q: {question}\nA:"
+    return f"{demonstrations.rstrip()}\nQ: {question} A:"
 
 
 def _aliases(values: Any) -> tuple[str, ...]:
     return tuple(v for v in values or () if isinstance(v, str) and v.strip())
 
 
-def mquake(record: Record, index: int) -> EditCase:
-    """MQuAKE: ``requested_rewrite[]`` applied together; probes for edit-wise success (each
-    edit's cloze), instance-wise accuracy (each hop of ``new_single_hops`` by its cloze) and
-    multi-hop accuracy (each of ``questions``, with the new and with the original answer)."""
-    requests = tuple(rome_request(r) for r in record["requested_rewrite"])
+def mquake(folder: Path) -> Converter:
+    """MQuAKE with the benchmark's own prompts (``prompts/rel-prompts.json`` and
+    ``prompts/multihop-prompts.txt`` beside the data file): ``requested_rewrite[]`` applied
+    together; edited facts asked by their cloze, unedited hops by their question after the
+    relation's eight demonstrations, the multi-hop questions after the few-shot prefix."""
+    prompts = folder / MQUAKE_PROMPTS
+    try:
+        relations = json.loads((prompts / "rel-prompts.json").read_text(encoding="utf-8"))
+        demonstrations = (prompts / "multihop-prompts.txt").read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"MQuAKE's prompts are read from {prompts}/ (rel-prompts.json, multihop-prompts.txt,"
+            f" as the benchmark ships them): {err.filename} is missing; or use the dataset "
+            "mquake-cloze, which needs none"
+        ) from None
+
+    def convert(record: Record, index: int) -> EditCase:
+        hops = record.get("new_single_hops") or []
+        triples = (record.get("orig") or {}).get("new_triples") or []
+        edited = {tuple(t) for t in (record.get("orig") or {}).get("edit_triples") or []}
+        if len(triples) != len(hops):
+            raise ValueError("MQuAKE record without orig.new_triples for its single hops")
+        chain = []
+        for hop, triple in zip(hops, triples):
+            if tuple(triple) in edited:
+                chain.append(_hop(hop["cloze"], hop, "an edited hop, asked by its cloze"))
+            else:
+                shots = relations.get(triple[1])
+                if shots is None:
+                    raise ValueError(f"no demonstrations in rel-prompts.json for {triple[1]}")
+                question = f"{shots.rstrip()}\nQ: {hop['question']} A:"
+                chain.append(_hop(question, hop, "an unedited hop, asked as MQuAKE", exact=True))
+        return _mquake_case(record, index, chain, demonstrations, exact=True)
+
+    return convert
+
+
+def mquake_cloze(record: Record, index: int) -> EditCase:
+    """kedit's earlier MQuAKE variant: every hop of the new chain by its cloze statement,
+    kedit's own four demonstrations before the multi-hop questions, every answer judged by how
+    the generation starts."""
     hops = record.get("new_single_hops") or []
-    aliases_by_cloze = {h["cloze"]: _aliases(h.get("answer_alias")) for h in hops}
+    chain = [_hop(h["cloze"], h, "one hop of the new reasoning chain") for h in hops]
+    return _mquake_case(record, index, chain, None, exact=False)
+
+
+def _hop(prompt: str, hop: Record, reason: str, exact: bool = False) -> Probe:
+    aliases = _aliases(hop.get("answer_alias"))
+    return Probe(
+        ProbeKind.NEW_CHAIN_HOP, prompt, hop["answer"], aliases=aliases, reason=reason, exact=exact
+    )
+
+
+def _mquake_case(
+    record: Record, index: int, chain: list[Probe], demonstrations: str | None, exact: bool
+) -> EditCase:
+    """The edited facts by their cloze (edit-wise success), the new chain's hops, and each
+    multi-hop question with the new and with the original answer."""
+    requests = tuple(rome_request(r) for r in record["requested_rewrite"])
+    aliases_by_cloze = {
+        h["cloze"]: _aliases(h.get("answer_alias")) for h in record.get("new_single_hops") or []
+    }
     probes = [
         Probe(
             ProbeKind.EDITED_HOP,
@@ -59,18 +119,9 @@ def mquake(record: Record, index: int) -> EditCase:
         )
         for r in requests
     ]
-    probes += [
-        Probe(
-            ProbeKind.NEW_CHAIN_HOP,
-            h["cloze"],
-            h["answer"],
-            aliases=_aliases(h.get("answer_alias")),
-            reason="one hop of the new reasoning chain",
-        )
-        for h in hops
-    ]
+    probes += chain
     for question in record["questions"]:
-        prompt = multi_hop_prompt(question)
+        prompt = multi_hop_prompt(question, demonstrations)
         probes.append(
             Probe(
                 ProbeKind.MULTI_HOP,
@@ -79,6 +130,7 @@ def mquake(record: Record, index: int) -> EditCase:
                 record.get("answer"),
                 _aliases(record.get("new_answer_alias")),
                 "multi-hop question through the edited facts; expects the new answer",
+                exact=exact,
             )
         )
         probes.append(
@@ -88,6 +140,7 @@ def mquake(record: Record, index: int) -> EditCase:
                 record["answer"],
                 aliases=_aliases(record.get("answer_alias")),
                 reason="the same question; the original answer should be gone after editing",
+                exact=exact,
             )
         )
     return EditCase(str(record.get("case_id", index)), requests, tuple(probes))

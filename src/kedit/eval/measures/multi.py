@@ -1,15 +1,19 @@
 """Measures of cases with several edits: MQuAKE multi-hop questions, ConflictEdit and RoundEdit
 (registered in the ``pitfalls`` suite).
 
-* **MQuAKE** (Zhong et al. 2023; all edits of a case applied together): edit-wise success is the
-  share of edited facts whose cloze statement the edited model completes with the new object
-  (greedy, no demonstrations), pooled over all facts as the paper; instance-wise accuracy counts
-  a case when every hop of its new chain is recalled; multi-hop accuracy counts a case when any of
-  its three questions is answered with the new answer or an alias. Deliberate difference: every
-  hop of the new chain is asked with its cloze statement, where MQuAKE asks unedited hops with an
-  8-shot question prompt we do not ship. Answers are greedy and match when the normalised
-  generation starts with an accepted answer (MQuAKE compares the text after "Final answer:"
-  exactly). ``multi_hop_original_accuracy`` counts questions still answered with the old answer.
+* **MQuAKE** (Zhong et al. 2023; all edits of a case applied together), as the benchmark's README
+  sets it up: edit-wise success is the share of edited facts whose cloze statement the edited
+  model completes with the new object (greedy, no demonstrations), pooled over all facts as the
+  paper; instance-wise accuracy counts a case when every hop of its new chain is recalled
+  (edited hops by their cloze, unedited ones by their question after the relation's eight
+  demonstrations, ``prompts/rel-prompts.json``); multi-hop accuracy counts a case when any of
+  its three questions, asked after ``prompts/multihop-prompts.txt``, is answered with the new
+  answer or an alias. A question's answer is the generated first line, equal to the answer or an
+  alias (MQuAKE's ``ans == answer or ans in aliases``, surrounding spaces stripped); a cloze
+  statement counts when its continuation starts with one (SQuAD-normalised). The dataset
+  ``mquake-cloze`` keeps kedit's earlier variant (every hop by its cloze, four demonstrations of
+  kedit's own before the questions, every answer judged by its start).
+  ``multi_hop_original_accuracy`` counts questions still answered with the old answer.
 * **ConflictEdit** (Li et al. 2024, ``zjunlp/PitfallsKnowledgeEditing``): two edits in sequence;
   a fact's probability is the mean, over its rewrite prompt and the relation's ten prompts, of the
   length-normalised P(object | prompt). Conflict Score ``1[P'(k_new) > P'(k_old)]`` with k_old the
@@ -35,6 +39,7 @@ from kedit.eval.formulas import (
     fact_probability,
     ignore_rate,
     knowledge_distortion,
+    mquake_answer_matches,
     round_edit_success,
 )
 from kedit.eval.metric import GEN, Stage, register
@@ -48,10 +53,15 @@ PITFALLS = ("pitfalls",)
 
 
 def _answered(result: ProbeResult, stage: Stage) -> bool | None:
+    """A question in Q/A form is answered by the generation's first line, equal to the answer
+    or an alias (MQuAKE); a cloze statement by a continuation that starts with one."""
     text = result.stage(stage).generation
     if text is None:
         return None
-    return generation_matches(text, [result.probe.expected, *result.probe.aliases])
+    probe = result.probe
+    if probe.exact:
+        return mquake_answer_matches(text.strip().split("\n", 1)[0], probe.expected, probe.aliases)
+    return generation_matches(text, [probe.expected, *probe.aliases])
 
 
 def _all_or_any(combine):
