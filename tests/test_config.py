@@ -82,6 +82,26 @@ def test_r_rome_reads_rome_s_presets():
     assert r_rome.config == rome.config and rome.config.v_lr == 1.0  # the 30-layer entry
 
 
+def test_a_named_preset_is_picked_by_the_preset_key():
+    """FT-L on Llama models: the published setting by default (EasyEdit's layer 21, no bound);
+    ROME's constrained variant with our measured radius by name."""
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**{**SMALL, "num_hidden_layers": 30}))
+    published = METHODS["ft-l"].for_model(model).config
+    assert (published.layer, published.norm_constraint) == (21, None)
+    constrained = METHODS["ft-l"].for_model(model, {"preset": "constrained"}).config
+    assert (constrained.layer, constrained.norm_constraint) == (0, 0.002)
+    tighter = METHODS["ft-l"].for_model(model, {"preset": "constrained", "norm_constraint": 1e-3})
+    assert tighter.config.norm_constraint == 1e-3  # overrides still come last
+    with pytest.raises(ValueError, match="named presets there: constrained"):
+        METHODS["ft-l"].for_model(model, {"preset": "loose"})
+    assert FTConfig.checked({"preset": "constrained", "lr": "1e-3"}) == {
+        "lr": 1e-3,
+        "preset": "constrained",
+    }
+    with pytest.raises(ValueError, match="names a preset file"):
+        FTConfig.checked({"preset": 3})
+
+
 def test_preset_by_num_layers_picks_the_family_member():
     small = resolve_config(ROMEConfig, "rome", ["gpt2"], 12)
     xl = resolve_config(ROMEConfig, "rome", ["gpt2"], 48)

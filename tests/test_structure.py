@@ -208,7 +208,8 @@ def preset_readers() -> dict[str, type[EditMethod]]:
 def test_presets_cite_a_source_for_every_value_and_fit_their_config(path):
     readers = preset_readers()
     assert path.parent.name in readers, f"{path}: no registered method reads presets/{path.parent}"
-    assert path.stem in ARCHS.names(), f"{path}: {path.stem} is not a known model_type"
+    model_type, _, name = path.stem.partition(".")  # <model_type>[.<name>].yaml
+    assert model_type in ARCHS.names(), f"{path}: {model_type} is not a known model_type"
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         code = line.split("#", 1)[0]
         if VALUE_LINE.match(code) and not code.strip().endswith(":"):
@@ -216,15 +217,15 @@ def test_presets_cite_a_source_for_every_value_and_fit_their_config(path):
     data = yaml.safe_load(path.read_text()) or {}
     config = readers[path.parent.name].config_cls
     for depth in [None, *(data.get("by_num_layers") or {})]:
-        load_preset(path.parent.name, [path.stem], depth, config)  # unknown keys raise
+        load_preset(path.parent.name, [model_type], depth, config, name or None)  # keys checked
 
 
 def test_a_preset_exists_only_where_values_differ():
     """An architecture that shares its family's presets has no file of its own."""
     for path in PRESETS:
-        family = ARCHS.get(path.stem).preset_family
+        family = ARCHS.get(path.stem.partition(".")[0]).preset_family
         if family is not None:
-            sibling = path.with_name(f"{family}.yaml")
+            sibling = path.with_name(path.name.replace(path.stem.partition(".")[0], family, 1))
             assert not sibling.exists() or sibling.read_text() != path.read_text(), path
 
 

@@ -24,6 +24,9 @@ import yaml
 
 C = TypeVar("C", bound="MethodConfig")
 
+#: the override key that names a preset (``--set preset=constrained``) instead of a field
+PRESET_KEY = "preset"
+
 
 @dataclasses.dataclass(kw_only=True)
 class MethodConfig:
@@ -47,10 +50,16 @@ class MethodConfig:
     @classmethod
     def checked(cls, values: Mapping[str, Any]) -> dict[str, Any]:
         """``values`` with known keys and values of the right type (converted where lossless),
-        or a ``ValueError`` naming the field: what can be checked before a model is loaded."""
+        or a ``ValueError`` naming the field: what can be checked before a model is loaded. The
+        key ``preset`` names a preset file and is passed through."""
+        values = dict(values)
+        preset = values.pop(PRESET_KEY, None)
+        if preset is not None and not isinstance(preset, str):
+            raise ValueError(f"preset names a preset file, e.g. preset=constrained; got {preset!r}")
         check_keys(cls, values)
         hints = typing.get_type_hints(cls)
-        return {k: _coerce(k, v, hints[k], cls.__name__) for k, v in values.items()}
+        checked = {k: _coerce(k, v, hints[k], cls.__name__) for k, v in values.items()}
+        return checked | ({PRESET_KEY: preset} if preset is not None else {})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -160,16 +169,36 @@ def preset_path(method: str, model_type: str) -> Path | None:
     return Path(str(candidate)) if candidate.is_file() else None
 
 
+def named_presets(method: str, model_types: Sequence[str]) -> list[str]:
+    """The names of the named presets of ``method`` for these architectures
+    (``presets/<method>/<model_type>.<name>.yaml``)."""
+    folder = resources.files("kedit") / "presets" / method
+    if not folder.is_dir():
+        return []
+    stems = [Path(str(f)).stem for f in folder.iterdir() if str(f).endswith(".yaml")]
+    named = [s.split(".", 1) for s in stems if "." in s]
+    return sorted({rest for base, rest in named if base in model_types})
+
+
 def load_preset(
     method: str,
     model_types: Sequence[str],
     num_layers: int | None,
     config_cls: type[MethodConfig],
+    name: str | None = None,
 ) -> dict[str, Any]:
     """The overrides of the first of ``model_types`` that has a preset file for ``method`` (an
     architecture's own, else its preset family's), with the ``by_num_layers`` entry for this
-    depth applied."""
-    path = next((p for t in model_types if (p := preset_path(method, t)) is not None), None)
+    depth applied. ``name`` picks a named preset (``<model_type>.<name>.yaml``) instead of the
+    default one; a name that does not exist is an error listing those that do."""
+    stems = list(model_types) if name is None else [f"{t}.{name}" for t in model_types]
+    path = next((p for t in stems if (p := preset_path(method, t)) is not None), None)
+    if path is None and name is not None:
+        known = ", ".join(named_presets(method, model_types)) or "none"
+        raise ValueError(
+            f"no preset {name!r} of {method} for {'/'.join(model_types) or 'this model'}; "
+            f"named presets there: {known}"
+        )
     if path is None:
         return {}
     data = yaml.safe_load(path.read_text()) or {}
@@ -192,7 +221,10 @@ def resolve_config(
     num_layers: int | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> C:
-    """Dataclass defaults, then the preset (see :func:`load_preset`), then ``overrides``."""
-    values: dict[str, Any] = load_preset(method, model_types, num_layers, config_cls)
-    values.update(overrides or {})
+    """Dataclass defaults, then the preset (see :func:`load_preset`; ``overrides`` may name one
+    with the key ``preset``), then ``overrides``."""
+    overrides = dict(overrides or {})
+    name = overrides.pop(PRESET_KEY, None)
+    values: dict[str, Any] = load_preset(method, model_types, num_layers, config_cls, name)
+    values.update(overrides)
     return config_cls.from_dict(values)

@@ -11,7 +11,9 @@
   only, the prompt masked (``objective="target_new"``), without the constraint.
 
 Both modify the weights (and bias) of one module; the delta is dense. Requests in one call are
-trained together (batches of ``batch_size``).
+trained together (batches of ``batch_size``). FT-L's config defaults are ROME's GPT-2 XL
+constrained run; on Llama-architecture models its preset is EasyEdit's published FT-L (layer 21,
+no bound), and the named preset ``constrained`` is ROME's constrained variant at layer 0.
 """
 
 from __future__ import annotations

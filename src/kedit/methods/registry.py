@@ -17,7 +17,10 @@ from kedit.registry import Registry
 
 METHODS: Registry[type[EditMethod]] = Registry("method", base=EditMethod)
 METHODS.register(
-    "ft-l", "kedit.methods.ft:FTL", "fine-tune one module under an L-inf bound", aliases=("ft",)
+    "ft-l",
+    "kedit.methods.ft:FTL",
+    "fine-tune one module (prompt_last loss; an L-inf bound where set)",
+    aliases=("ft",),
 )
 METHODS.register("ft-m", "kedit.methods.ft:FTM", "fine-tune one module, target-only loss")
 METHODS.register("rome", "kedit.methods.rome:ROME", "rank-one update of one MLP projection")
