@@ -8,7 +8,7 @@ from kedit.methods._keys import mean_keys, subject_io
 from kedit.methods._stats import stats_for
 from kedit.methods._templates import context_templates, fill, flatten
 from kedit.methods._value import ValueSearch, kl_prompt, optimise_value, relaxation
-from kedit.model.arch import weight_out_in
+from kedit.model.arch import arch_of, weight_out_in
 from kedit.model.tokens import encode, token_index_of_span
 from kedit.types import EditRequest
 from tests.conftest import tiny_model
@@ -185,3 +185,52 @@ def test_pmet_relaxation_restores_the_nll_weight_when_the_target_is_no_longer_to
     assert relaxation(pmet, top1=False, kl=0.001) == (2.0, False)  # back to the full weight
     memit = ValueSearch(10, 0.5, 0.5, 4.0, 0.0625)
     assert relaxation(memit, top1=True, kl=0.0) == (1.0, False)
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3_text"])
+@pytest.mark.parametrize("name", ["memit", "emmet", "alphaedit"])
+def test_blocks_that_normalise_the_mlp_output_take_mlp_output_targets(name, arch, tokenizer, env):
+    """Gemma 2 / 3 normalise the MLP output before the residual add, so the block output is not
+    linear in dW k: the spreading methods solve for the top layer's MLP output instead. With
+    EMMET's equality constraint on one layer, dW K equals the v* found there minus the MLP
+    output it replaces."""
+    model = tiny_model(arch)
+    assert arch_of(model).normed_mlp_output
+    method = METHODS[name].for_model(model, {**TINY[name], "layers": [1]}, env)
+    mlp_out = "model.layers.1.mlp.down_proj"
+    assert method.target_paths(model) == (mlp_out, mlp_out)
+    if name != "emmet":
+        return
+    before = weights(model, [mlp_out])
+    templates = context_templates(
+        model, tokenizer, env, method.config.context_template_length_params
+    )
+    keys = mean_keys(model, tokenizer, REQUESTS, templates, mlp_out, per_group=True).T
+    bare = [(r.text, r.subject_span) for r in REQUESTS]
+    _, current = subject_io(model, tokenizer, bare, mlp_out)
+    search = method.config.search()
+    targets = torch.stack(
+        [
+            optimise_value(model, tokenizer, r, flatten(templates), mlp_out, search).target
+            for r in REQUESTS
+        ]
+    )
+    edit = method.edit(model, tokenizer, REQUESTS)
+    (delta,) = deltas(model, [mlp_out], before)
+    assert torch.allclose(delta @ keys, (targets - current).T, atol=1e-3, rtol=1e-3)
+    # the module it solved for now outputs v* + (W k* - W k_bare) for each request's bare prompt
+    _, after = subject_io(model, tokenizer, bare, mlp_out)
+    assert torch.allclose(
+        after - current,
+        (delta @ mean_keys(model, tokenizer, REQUESTS, [["{}"]], mlp_out).T).T,
+        atol=1e-3,
+        rtol=1e-3,
+    )
+    edit.restore()
+
+
+def test_other_llama_like_blocks_keep_block_targets(env):
+    for arch in ("llama", "gemma", "mistral"):
+        model = tiny_model(arch)
+        method = METHODS["memit"].for_model(model, {**TINY["memit"], "layers": [1]}, env)
+        assert method.target_paths(model)[0] == "model.layers.1"

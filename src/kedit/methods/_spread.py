@@ -3,7 +3,8 @@ and PMET, which differ only in the target they optimise, how the residual is sha
 layers, and the least-squares problem each layer solves.
 
 1. Targets: one v* per request at the output of a module of the last edited layer L (the whole
-   block for MEMIT, the MLP output projection for PMET), from :mod:`kedit.methods._value`.
+   block for MEMIT, the MLP output projection for PMET and for every method on blocks that
+   normalise the MLP's output, Gemma 2 and 3), from :mod:`kedit.methods._value`.
 2. For each edited layer l, lowest first, with the layers below already updated:
    ``K`` = keys at l's MLP output projection, averaged within then across template groups;
    ``R`` = (targets - the module's current output at L) times ``share(layers left)``;
@@ -177,8 +178,12 @@ class SpreadMethod(EditMethod):
 
     def target_paths(self, model: nn.Module) -> tuple[str, str | list[str]]:
         """(the module whose output the targets are for, the module(s) v* is searched at):
-        MEMIT's whole block at the last edited layer."""
-        path = layer_path(model, "block", last_layer(model, self.config.layers))
+        MEMIT's whole block at the last edited layer; on blocks that normalise the MLP's output
+        (Gemma 2 and 3) the block's output is not linear in ``dW k``, so the targets are the
+        last edited layer's MLP output instead, its residual shared between the layers as PMET
+        shares its FFN target's (never the block's, whose algebra would be wrong there)."""
+        part = "mlp_out" if arch_of(model).normed_mlp_output else "block"
+        path = layer_path(model, part, last_layer(model, self.config.layers))
         return path, path
 
     def share(self, layers_left: int) -> float:

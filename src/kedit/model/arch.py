@@ -45,6 +45,9 @@ class ArchSpec:
         unembed: output projection to the vocabulary, from the model root.
         preset_family: the ``model_type`` whose method presets this one shares where it has
             none of its own (Mistral, Qwen, Gemma and Phi-3 share Llama's).
+        normed_mlp_output: the block normalises the MLP's output before adding it to the
+            residual stream (Gemma 2 and 3's ``post_feedforward_layernorm``), so the block's
+            output is not linear in a change of the MLP's weights.
     """
 
     model_type: str
@@ -58,6 +61,7 @@ class ArchSpec:
     final_norm: str
     unembed: str
     preset_family: str | None = None
+    normed_mlp_output: bool = False
 
     def preset_types(self) -> list[str]:
         """Where this architecture's presets are looked up, in order."""
@@ -135,9 +139,14 @@ class ArchSpec:
         return cls(**data)
 
 
+#: llama-like types whose blocks normalise the MLP output (``post_feedforward_layernorm``)
+NORMED_MLP_OUTPUT = ("gemma2", "gemma3_text")
+
+
 def _llama_like(model_type: str) -> ArchSpec:
     return ArchSpec(
         preset_family=None if model_type == "llama" else "llama",
+        normed_mlp_output=model_type in NORMED_MLP_OUTPUT,
         model_type=model_type,
         layers="model.layers",
         attn="self_attn",
