@@ -2,14 +2,16 @@
 
 import pytest
 import torch
+import transformers
 
 from kedit.methods import METHODS
 from kedit.methods._embed import LexicalEmbedder
 from kedit.methods.grace import GraceCodebook
 from kedit.methods.ike import InContextLM, _demo_kinds
 from kedit.model.lm import HFLanguageModel
+from kedit.model.tokens import encode_prompt_target
 from kedit.types import EditRequest
-from tests.conftest import DEVICE, tiny_model
+from tests.conftest import DEVICE, TINY_CONFIGS, tiny_model
 from tests.tiny_configs import TINY
 
 REQUEST = EditRequest("Tourists visit {}", "the Eiffel Tower", "Rome", "Paris")
@@ -94,13 +96,70 @@ def test_grace_adds_expands_and_splits_keys():
     assert book.labels == ["Rome", "Paris", "Berlin"]
 
 
-def test_grace_replaces_only_inside_the_radius():
+def test_grace_moves_a_key_only_when_the_query_lies_outside_its_radius():
+    book = codebook()
+    method = METHODS["grace"](METHODS["grace"].config_cls(eps_expand="moving_average"), env=None)
+    method._update_codebook(book, torch.tensor([0.0, 0, 0]), torch.zeros(2), "Rome")
+    method._update_codebook(book, torch.tensor([0.5, 0, 0]), torch.zeros(2), "Rome")  # inside
+    assert torch.equal(book.keys[0], torch.zeros(3)) and book.eps[0].item() == 1.0
+    method._update_codebook(book, torch.tensor([1.5, 0, 0]), torch.zeros(2), "Rome")  # outside
+    assert torch.allclose(book.keys[0], torch.tensor([0.75, 0, 0]))
+    assert book.eps[0].item() == pytest.approx(1.5)
+
+
+def test_grace_reads_one_query_token_per_sequence():
+    """The query is one token per row (the last, unless the pass says where the prompt ends);
+    a hit replaces the output there (``last``) or at every token before it (``prompt``)."""
     book = codebook()
     book.add(torch.tensor([1.0, 0, 0]), torch.tensor([7.0, 7.0]), 0.5, "x")
-    x = torch.tensor([[[1.0, 0.2, 0.0], [0.0, 5.0, 0.0]]])  # (1, 2, 3): near, far
-    out = book(x)
-    assert torch.equal(out[0, 0], torch.tensor([7.0, 7.0]))
-    assert torch.allclose(out[0, 1], book.layer(x)[0, 1])
+    near, far = [1.0, 0.2, 0.0], [0.0, 5.0, 0.0]
+    x = torch.tensor([[far, near], [near, far]])  # (2, 2, 3)
+    plain = book.layer(x)
+    out = book(x)  # queries each row's last token: row 0 hits, row 1 does not
+    assert torch.equal(out[0, 1], torch.tensor([7.0, 7.0])) and torch.equal(out[0, 0], plain[0, 0])
+    assert torch.equal(out[1], plain[1])  # a near token that is not the query changes nothing
+    with book.querying(torch.tensor([1, 0])):
+        assert torch.equal(book(x)[1, 0], torch.tensor([7.0, 7.0]))
+    book.replacement = "prompt"
+    out = book(x)  # the tokens before the query
+    assert torch.equal(out[0, 0], torch.tensor([7.0, 7.0])) and torch.equal(out[0, 1], plain[0, 1])
+
+
+def test_grace_teacher_forced_scores_query_the_last_prompt_token(tokenizer, env):
+    model = tiny_model("llama")
+    request = REQUEST
+    edit = METHODS["grace"].for_model(model, TINY["grace"], env).edit(model, tokenizer, request)
+    book = next(m for m in model.modules() if isinstance(m, GraceCodebook))
+    pair = encode_prompt_target(tokenizer, request.text, request.target_new)
+    ids = torch.tensor([pair.ids], device=DEVICE)
+    with torch.no_grad(), book.querying(torch.tensor([pair.n_prompt - 1])):
+        logits = model(input_ids=ids).logits[0].log_softmax(-1)
+    target = torch.tensor(pair.target_ids, device=DEVICE)
+    expected = logits[pair.n_prompt - 1 : len(pair.ids) - 1].gather(1, target[:, None])[:, 0]
+    (score,) = edit.lm.score_targets([request.text], [request.target_new])
+    assert torch.allclose(torch.tensor(score.logprobs), expected.cpu(), atol=1e-5)
+    # a plain view of the same weights queries the target's last token: the edit is not seen
+    (plain,) = HFLanguageModel(model, tokenizer).score_targets([request.text], ["Rome"])
+    assert sum(score.logprobs) > sum(plain.logprobs) + 0.2
+    edit.restore()
+
+
+@pytest.mark.parametrize(
+    ("model_type", "depth", "block"),
+    [("gpt2", 48, 35), ("gptj", 28, 25), ("llama", 32, 27), ("llama", 30, 25), ("llama", 16, 14)],
+)
+def test_grace_sits_where_the_references_put_it_scaled_by_depth(model_type, depth, block):
+    """GPT-2 XL h[35].mlp.c_fc (official), GPT-J h[25].mlp.fc_out and Llama-2-7B layer 27
+    down_proj (EasyEdit), scaled to other depths (EasyEdit's Llama-3.2-1B config keeps 27 of
+    16 blocks)."""
+    config = TINY_CONFIGS[model_type]()
+    for key in ("n_layer", "num_hidden_layers"):
+        if hasattr(config, key):
+            setattr(config, key, depth)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    cfg = METHODS["grace"].for_model(model).config
+    assert cfg.block(model) == block
+    assert cfg.module == ("mlp_in" if model_type == "gpt2" else "mlp_out")
 
 
 def test_grace_leaves_unrelated_prompts_alone(tokenizer, env):

@@ -4,27 +4,36 @@ Hartvigsen, Sankaranarayanan, Palangi, Kim, Ghassemi. "Aging with GRACE: Lifelon
 with Discrete Key-Value Adaptors", NeurIPS 2023. https://arxiv.org/abs/2211.11031
 
 One layer is wrapped by a codebook of (key, value, deferral radius epsilon, label) entries. A key
-is the layer's input at the edit's last prompt token; its value is a trained replacement for
-the layer's output. At inference, wherever an input lies within epsilon of its nearest key, the
-layer's output is replaced by that key's value; elsewhere the layer runs unchanged. The model's
-weights are never touched.
+is the layer's input at one token, the edit's last prompt token; its value is a trained
+replacement for the layer's output. A forward pass reads one query token per sequence (the
+official ``GRACEAdapter``): the last prompt token, or, in a pass that does not say where the
+prompt ends, the last token (generation; EasyEdit's ``key_id=-1``). When the query lies within
+epsilon of its nearest key, that key's value replaces the layer's output at the query token
+(``replacement="last"``, EasyEdit's ``replace_last``) or at every token before it (``"prompt"``,
+the official ``replace_prompt``); elsewhere the layer runs unchanged. The model's weights are
+never touched.
 
 Per edit (first step of the reference's training loop):
 
 * add a key when the query is farther than ``eps_init + eps_nearest`` from every key;
 * split when it is closer but the nearest key has a different label: both radii become half
   the distance;
-* expand the nearest key's radius to cover the query when the labels agree;
+* when the labels agree and the query lies outside the nearest radius, grow the radius to it
+  (``coverage``) or move the key halfway to the query and grow the radius (``moving_average``);
 
 then train the chosen value for ``n_iter`` Adam steps on the target's teacher-forced loss.
 
-Deviations, deliberately: the distance test is made at every token position (the reference
-tests one query token per sequence, the last prompt token, which is ambiguous in padded batches
-and during teacher forcing); training stops early once the loss is below ``early_stop_loss``.
+Where the adaptor sits, as the references choose it: GPT-2 XL ``h[35].mlp.c_fc`` (the official
+repository), GPT-J ``h[25].mlp.fc_out`` and Llama-2-7B ``layers[27].mlp.down_proj`` (EasyEdit),
+scaled to other depths by ``depth``. Teacher-forced scores (``edit.lm``) query the codebook at
+each row's last prompt token, where generation would. Deliberately: training stops early once
+the loss is below ``early_stop_loss`` (the references always run ``n_iter`` steps).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,49 +45,68 @@ from transformers import PreTrainedTokenizerBase
 from kedit.config import MethodConfig
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
-from kedit.model.arch import get_module, layer_path
+from kedit.model.arch import arch_of, get_module, num_layers
 from kedit.model.hooks import Trace, frozen, run_until_stopped
-from kedit.model.lm import hf_module, model_device
-from kedit.model.tokens import PromptTarget, encode_prompt_target, pad
+from kedit.model.lm import HFLanguageModel, hf_module, model_device
+from kedit.model.tokens import Batch, PromptTarget, encode_prompt_target, pad
 from kedit.types import EditRequest
 
 
 @dataclass(kw_only=True)
 class GRACEConfig(MethodConfig):
-    """GRACE hyperparameters (defaults: the official ``grace.yaml``, EasyEdit's replacement).
+    """GRACE hyperparameters (defaults: the official ``grace.yaml`` on GPT-2 XL, with
+    EasyEdit's replacement).
 
     Args:
-        layer: block holding the wrapped module.
+        layer: block holding the wrapped module; None: the block at ``depth``.
+        depth: the wrapped block as a fraction of the model's depth, ``round(depth * layers)``
+            (GPT-2 XL's 35 of 48 by default), used when ``layer`` is None.
         module: canonical part wrapped (its input is the key, its output replaced).
         eps_init: deferral radius of a new key.
         edit_lr: Adam learning rate for the value.
         n_iter: maximum training steps per edit.
         val_init: ``cold`` (uniform random value) or ``warm`` (the layer's current output).
         eps_expand: ``coverage`` (grow the radius to the query) or ``moving_average`` (move the
-            key halfway to the query).
+            key halfway to the query and grow the radius), when the query lies outside it.
+        replacement: ``last`` (the query token's output, EasyEdit's ``replace_last``) or
+            ``prompt`` (the outputs of every token before it, the official ``replace_prompt``).
         early_stop_loss: stop training once the target loss is below this (0 disables).
     """
 
-    layer: int = -5
-    module: str = "mlp_out"
+    layer: int | None = None
+    depth: float = 35 / 48
+    module: str = "mlp_in"
     eps_init: float = 1.0
     edit_lr: float = 1.0
     n_iter: int = 100
     val_init: Literal["cold", "warm"] = "cold"
     eps_expand: Literal["coverage", "moving_average"] = "coverage"
+    replacement: Literal["last", "prompt"] = "last"
     early_stop_loss: float = 1e-2
 
     def validate(self) -> None:
         if self.eps_init <= 0 or self.edit_lr <= 0 or self.n_iter < 1:
             raise ValueError("eps_init and edit_lr must be positive, n_iter at least 1")
+        if not 0 < self.depth <= 1:
+            raise ValueError(
+                f"depth is a fraction of the model's depth in (0, 1], got {self.depth}"
+            )
+
+    def block(self, model: nn.Module) -> int:
+        """The wrapped block of ``model``: ``layer``, or the block at ``depth``."""
+        if self.layer is not None:
+            return self.layer
+        depth = num_layers(model)
+        return min(depth - 1, round(self.depth * depth))
 
 
 class GraceCodebook(nn.Module):
     """The adaptor that wraps a layer. Keys and radii are buffers; values are trainable."""
 
-    def __init__(self, layer: nn.Module, d_in: int, d_out: int) -> None:
+    def __init__(self, layer: nn.Module, d_in: int, d_out: int, replacement: str = "last") -> None:
         super().__init__()
         self.layer = layer
+        self.replacement = replacement
         param = next(layer.parameters())
         self.register_buffer("keys", param.new_zeros(0, d_in, dtype=torch.float32))
         self.register_buffer("eps", param.new_zeros(0, dtype=torch.float32))
@@ -86,15 +114,37 @@ class GraceCodebook(nn.Module):
             param.new_zeros(0, d_out, dtype=torch.float32), requires_grad=False
         )
         self.labels: list[str] = []
+        #: the query token of each row of the next passes (None: each row's last token)
+        self.query_columns: torch.Tensor | None = None
+
+    @contextmanager
+    def querying(self, columns: torch.Tensor) -> Iterator[None]:
+        """Query the codebook at these columns, one per row, in the passes inside the block."""
+        previous, self.query_columns = self.query_columns, columns
+        try:
+            yield
+        finally:
+            self.query_columns = previous
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = self.layer(x, *args, **kwargs)  # (batch, seq, d_out)
         if not self.labels:
             return out
-        dist = torch.cdist(x.float(), self.keys[None].expand(x.shape[0], -1, -1))  # (b, s, n)
-        nearest_dist, nearest = dist.min(-1)  # (batch, seq)
-        hit = nearest_dist <= self.eps[nearest]
-        return torch.where(hit[..., None], self.values[nearest].to(out.dtype), out)
+        rows = torch.arange(x.shape[0], device=x.device)
+        if self.query_columns is None:
+            columns = torch.full_like(rows, x.shape[1] - 1)
+        else:
+            columns = self.query_columns.to(x.device)
+        query = x[rows, columns].float()  # (batch, d_in)
+        nearest_dist, nearest = torch.cdist(query, self.keys).min(-1)  # (batch,)
+        hit = nearest_dist <= self.eps[nearest]  # (batch,)
+        value = self.values[nearest].to(out.dtype)[:, None]  # (batch, 1, d_out)
+        positions = torch.arange(x.shape[1], device=x.device)[None]  # (1, seq)
+        if self.replacement == "last":
+            where = positions == columns[:, None]  # (batch, seq)
+        else:
+            where = positions < columns[:, None]
+        return torch.where((where & hit[:, None])[..., None], value, out)
 
     # codebook state, for exact undo --------------------------------------------------------
 
@@ -127,6 +177,22 @@ class GraceCodebook(nn.Module):
         return len(self.labels) - 1
 
 
+class GraceLM(HFLanguageModel):
+    """The GRACE-edited model behind the ``LanguageModel`` interface: teacher-forced scores
+    query the codebook at each row's last prompt token, where generation would (a pass over
+    prompt and target together would otherwise query at the target's last token)."""
+
+    def __init__(self, model: nn.Module, tok: PreTrainedTokenizerBase, codebook: GraceCodebook):
+        super().__init__(model, tok)
+        self.hf_model = model
+        self.codebook = codebook
+
+    def _target_logits(self, batch: Batch, keep: int, rows: Sequence[PromptTarget]) -> torch.Tensor:
+        columns = torch.tensor([batch.column(r, pair.n_prompt - 1) for r, pair in enumerate(rows)])
+        with self.codebook.querying(columns):
+            return super()._target_logits(batch, keep, rows)
+
+
 class GRACE(EditMethod):
     """Discrete key-value adaptor at one layer."""
 
@@ -147,18 +213,21 @@ class GRACE(EditMethod):
         model = hf_module(model)
         (request,) = requests
         cfg = self.config
-        path = layer_path(model, cfg.module, cfg.layer)
+        path = arch_of(model).path(cfg.module, arch_of(model).check_layer(model, cfg.block(model)))
         pair = encode_prompt_target(tok, request.text, request.target_new)
-        query, layer_out = self._query(model, path, pair.ids, pair.n_prompt - 1)
-
         codebook = get_module(model, path)
+        wrapped = path + ".layer" if isinstance(codebook, GraceCodebook) else path
+        query, layer_out = self._query(model, wrapped, pair.ids, pair.n_prompt - 1)
+
         if not isinstance(codebook, GraceCodebook):
             codebook = GraceCodebook(codebook, query.shape[-1], layer_out.shape[-1])
             edit.swap_module(model, path, codebook)
         edit.save_state(codebook)
         index = self._update_codebook(codebook, query, layer_out, request.target_new)
+        codebook.replacement = cfg.replacement
         edit.info["loss"] = self._train_value(model, codebook, index, pair)
         edit.info.update(layer=path, codebook_size=len(codebook.labels))
+        edit.wrap(GraceLM(model, tok, codebook))
 
     @torch.no_grad()
     def _query(
@@ -185,17 +254,17 @@ class GRACE(EditMethod):
         if codebook.labels[index] != label:  # conflict: split the two radii
             codebook.eps[index] = dist / 2 - 1e-5
             return codebook.add(query, new_value, dist / 2, label)
-        if cfg.eps_expand == "moving_average":
-            codebook.keys[index] = 0.5 * codebook.keys[index] + 0.5 * query.float()
-            codebook.eps[index] = dist
-        elif dist > float(codebook.eps[index]):
+        if dist > float(codebook.eps[index]):  # the query lies outside: expand
+            if cfg.eps_expand == "moving_average":
+                codebook.keys[index] = 0.5 * codebook.keys[index] + 0.5 * query.float()
             codebook.eps[index] = dist
         return index
 
     def _train_value(
         self, model: nn.Module, codebook: GraceCodebook, index: int, pair: PromptTarget
     ) -> float:
-        """Adam on row ``index`` of the codebook values, for the target's teacher-forced loss."""
+        """Adam on row ``index`` of the codebook values, for the target's teacher-forced loss,
+        the codebook queried at the last prompt token."""
         cfg = self.config
         batch = pad([pair.ids], 0, left=False).to(model_device(model))
         target = torch.tensor(pair.target_ids, device=batch.input_ids.device)
@@ -204,8 +273,9 @@ class GRACE(EditMethod):
         others[index] = False
         optimiser = torch.optim.Adam([codebook.values], lr=cfg.edit_lr)
         loss = float("inf")
+        key_column = torch.tensor([pair.n_prompt - 1])
         try:
-            with frozen(model):
+            with frozen(model), codebook.querying(key_column):
                 codebook.values.requires_grad_(True)
                 for _ in range(cfg.n_iter):
                     logits = model(**batch.model_inputs(), use_cache=False).logits[0]

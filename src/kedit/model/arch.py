@@ -73,8 +73,13 @@ class ArchSpec:
             return f"{self.layers}.{self._need_layer(part, layer)}"
         if part in BLOCK_PARTS:
             rel = getattr(self, part)
-            if isinstance(rel, tuple):
-                raise ValueError(f"{part!r} names several modules; use paths({part!r}, layer)")
+            if isinstance(rel, tuple) and len(rel) == 1:
+                rel = rel[0]
+            elif isinstance(rel, tuple):
+                raise ValueError(
+                    f"{part!r} names several modules on {self.model_type} ({', '.join(rel)}); "
+                    f"use paths({part!r}, layer), or choose another part"
+                )
             return f"{self.layers}.{self._need_layer(part, layer)}.{rel}"
         if part in ("embed", "final_norm", "unembed", "layers"):
             return getattr(self, part)

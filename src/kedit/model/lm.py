@@ -21,7 +21,7 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from kedit.model.arch import text_config
-from kedit.model.tokens import Batch, encode, encode_prompt_target, pad, pad_id
+from kedit.model.tokens import Batch, PromptTarget, encode, encode_prompt_target, pad, pad_id
 
 
 @dataclass(frozen=True)
@@ -186,6 +186,11 @@ class HFLanguageModel:
         logits = last_logits(self.model, batch.to(model_device(self.model)), keep)
         return torch.log_softmax(logits.float(), dim=-1)
 
+    def _target_logits(self, batch: Batch, keep: int, rows: Sequence[PromptTarget]) -> torch.Tensor:
+        """:meth:`_last_logits` of a batch of prompt-target ``rows``; a view that must know
+        where each row's prompt ends (GRACE's) overrides it."""
+        return self._last_logits(batch, keep)
+
     # -- protocol ---------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -198,7 +203,7 @@ class HFLanguageModel:
             rows = [pairs[i] for i in idx]
             batch = pad([r.ids for r in rows], self._pad, left=True)
             keep = max(len(r.target_ids) for r in rows) + 1
-            logprobs = self._last_logits(batch, keep).cpu()  # (batch, keep, vocab)
+            logprobs = self._target_logits(batch, keep, rows).cpu()  # (batch, keep, vocab)
             for row, (i, pair) in enumerate(zip(idx, rows)):
                 n = len(pair.target_ids)
                 # position -1 is the last target token (predicts nothing we score); the n
