@@ -161,10 +161,48 @@ def test_dynamic_multiplier_caps_the_sample(tokenizer, env):
     path = "model.layers.0.mlp.down_proj"
     assert token_cap(model, path, 10.0) == 640  # 10 x d_k
     assert token_cap(model, path, None) is None
-    expected_auto = 640 if DEVICE.type == "cpu" else None
-    assert token_cap(model, path, "auto") == expected_auto
     capped = second_moments(model, tokenizer, [path], env, 1000, max_tokens=200)[path]
     full = second_moments(model, tokenizer, [path], env, 1000)[path]
     assert not torch.allclose(capped, full)
     names = sorted(f.name for f in (env.cache_dir / "stats").rglob("*.safetensors"))
     assert any("tok200" in n for n in names) and any("tokall" in n for n in names)
+
+
+def test_default_sample_is_the_same_on_every_device(tokenizer, env):
+    # the old default ("auto") read 10 x d_k tokens on CPU and the whole corpus elsewhere
+    model = tiny_model("llama")
+    path = "model.layers.0.mlp.down_proj"
+    default = METHODS["rome"].for_model(model, TINY["rome"], env).config.mom2_dynamic_multiplier
+    assert default == 10.0
+    assert token_cap(model.to("meta"), path, default) == 640
+    with pytest.raises(ValueError, match="mom2_dynamic_multiplier expects"):
+        METHODS["rome"].for_model(tiny_model("llama"), {"mom2_dynamic_multiplier": "auto"}, env)
+
+
+OTHER = EditRequest("{} is located in", "the Colosseum", "Paris", "Rome")
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides"), [("rome", {"layer": 1}), ("memit", {"layers": [1]})]
+)
+def test_statistics_in_a_session_come_from_the_unedited_weights(method, overrides, tokenizer, env):
+    from kedit.methods.session import EditSession
+
+    model = tiny_model("llama")
+    path = "model.layers.1.mlp.down_proj"
+    layer0 = model.get_submodule("model.layers.0.mlp.down_proj").weight
+    expected_env = Environment(
+        cache_dir=env.cache_dir.parent / "fresh",
+        data_dir=None,
+        stats_corpus=env.stats_corpus,
+        progress=False,
+    )
+    with EditSession(model, tokenizer, env) as session:
+        config = session.edit(REQUEST, "ft-l", {**TINY["ft-l"], "layer": 0}).config
+        fine_tuned = layer0.detach().clone()
+        edit = session.edit(OTHER, method, {**TINY[method], **overrides})
+        assert torch.equal(layer0, fine_tuned)  # the first edit is back in place after the second
+        cached = stats_for(model, tokenizer, [path], env, edit.config)[path]
+    assert config.layer == 0
+    unedited = stats_for(model, tokenizer, [path], expected_env, edit.config)[path]
+    assert torch.equal(cached, unedited)

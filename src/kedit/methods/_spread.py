@@ -148,10 +148,11 @@ class SpreadMethod(EditMethod):
         model = hf_module(model)
         cfg = self.config
         paths = edited_layers(model, cfg.layers)
-        templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
+        with edit.unedited():  # what is cached under the unedited model's fingerprint
+            templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
+            stats = stats_for(model, tok, paths, self.env, cfg)
         target_path, search_paths = self.target_paths(model)
         values = optimise_targets(model, tok, requests, templates, search_paths, cfg.search())
-        stats = stats_for(model, tok, paths, self.env, cfg)
 
         def solve(i: int, path: str, keys: torch.Tensor, residual: torch.Tensor):
             return self.solve(LayerUpdate(model, path, keys, residual, stats[path], edit))

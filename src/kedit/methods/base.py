@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from transformers import PreTrainedTokenizerBase
@@ -99,9 +100,11 @@ class EditMethod(ABC):
         tok: PreTrainedTokenizerBase,
         requests: EditRequest | Sequence[EditRequest],
         state: dict[Any, Any] | None = None,
+        unedited: Callable[[], AbstractContextManager[None]] | None = None,
     ) -> Edit:
         """Apply the method; on any error the model is left exactly as it was. ``state`` is the
-        method state shared by a session's edits (see :attr:`Edit.state`)."""
+        method state shared by a session's edits (see :attr:`Edit.state`), ``unedited`` how the
+        session gives back the unedited weights for a while (see :meth:`Edit.unedited`)."""
         requests = [requests] if isinstance(requests, EditRequest) else list(requests)
         if not requests:
             raise ValueError("no edit request given")
@@ -110,7 +113,7 @@ class EditMethod(ABC):
             raise TypeError(f"requests must be kedit.EditRequest objects, got {type(bad[0])}")
         if len(requests) > 1 and not self.supports_batch:
             raise ValueError(batch_error(self.name))
-        edit = Edit(model, tok, self.name, self.config, requests, state)
+        edit = Edit(model, tok, self.name, self.config, requests, state, unedited)
         hooks_before = hook_count(hf_module(model))
         start = time.perf_counter()
         try:

@@ -14,8 +14,8 @@ Each of them goes through one choke point, :meth:`Edit._record`, after the chang
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,7 @@ class Edit:
         config: MethodConfig,
         requests: Sequence[EditRequest],
         state: dict[Any, Any] | None = None,
+        unedited: Callable[[], AbstractContextManager[None]] | None = None,
     ) -> None:
         self._base = model
         self.tokenizer = tok
@@ -79,6 +80,14 @@ class Edit:
         self._wrapper: Any = None
         self._active = True
         self._session: Any = None
+        self._unedited = unedited if unedited is not None else nullcontext
+
+    def unedited(self) -> AbstractContextManager[None]:
+        """Inside this block the model has the weights it had before any edit of its session
+        (this edit's own are not applied yet when a method asks): what caches keyed by the
+        unedited model's fingerprint (key statistics, context templates) must be computed on.
+        Outside a session, or before its first edit, the model is unedited already."""
+        return self._unedited()
 
     # recording ---------------------------------------------------------------------------
 

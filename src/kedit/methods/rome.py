@@ -80,11 +80,15 @@ class ROME(EditMethod):
         cfg = self.config
         path = layer_path(model, "mlp_out", cfg.layer)
         module = get_module(model, path)
-        templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
+        with edit.unedited():  # what is cached under the unedited model's fingerprint
+            templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
+            mom2 = None
+            if cfg.mom2_adjustment:
+                mom2 = stats_for(model, tok, [path], self.env, cfg)[path]
 
         texts = [fill(t, request) for t in flatten(templates)]
         keys, outputs = subject_io(model, tok, texts, path)  # (templates, d_in), (templates, d_out)
-        u = self._inverse_cov_times(model, tok, path, keys.mean(0))  # C^-1 k*, (d_in,)
+        u = self._inverse_cov_times(mom2, keys.mean(0))  # C^-1 k*, (d_in,)
         value = optimise_value(model, tok, request, flatten(templates), path, cfg.search())
         k, v = self._update_key_value(model, tok, request, path, keys, outputs)
         right = (value.target - v) / (k @ u)  # (d_out,)
@@ -111,12 +115,10 @@ class ROME(EditMethod):
         keys, outputs = subject_io(model, tok, [(request.text, request.subject_span)], path)
         return keys[0], outputs[0]
 
-    def _inverse_cov_times(
-        self, model: nn.Module, tok: PreTrainedTokenizerBase, path: str, key: torch.Tensor
-    ) -> torch.Tensor:
+    @staticmethod
+    def _inverse_cov_times(mom2: torch.Tensor | None, key: torch.Tensor) -> torch.Tensor:
         """``C^{-1} k / ||C^{-1} k||`` (or ``k / ||k||`` without mom2 adjustment)."""
-        if self.config.mom2_adjustment:
-            mom2 = stats_for(model, tok, [path], self.env, self.config)[path]
+        if mom2 is not None:
             u = torch.linalg.solve(mom2.double(), key.double().cpu()).to(key)
         else:
             u = key

@@ -8,7 +8,8 @@ which reproduces the weights bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -69,7 +70,7 @@ class EditSession:
         the previous ones. ``method`` is a name (configured for the model, then
         ``overrides``) or an :class:`EditMethod`."""
         editor = make_method(method, self.model, overrides, self.env)
-        edit = editor.edit(self.model, self.tokenizer, requests, self.state)
+        edit = editor.edit(self.model, self.tokenizer, requests, self.state, self.unedited_weights)
         self._adopt(edit)
         return edit
 
@@ -79,6 +80,23 @@ class EditSession:
         if len(requests) == 1 or method.supports_batch:
             return [self.edit(list(requests), method)]
         return [self.edit(request, method) for request in requests]
+
+    @contextmanager
+    def unedited_weights(self) -> Iterator[None]:
+        """Inside this block every parameter the session's edits changed holds its weights
+        from before the first edit; they are put back exactly afterwards. (Added modules and
+        wrappers stay: the model's own weights are what caches keyed by its fingerprint
+        describe.)"""
+        current = [(p, p.detach().clone()) for p, _ in self._originals.values()]
+        try:
+            with torch.no_grad():
+                for param, original in self._originals.values():
+                    param.copy_(original)
+            yield
+        finally:
+            with torch.no_grad():
+                for param, value in current:
+                    param.copy_(value)
 
     def _adopt(self, edit: Edit) -> None:
         """Move the edit's copies of original weights into the session (one per parameter)."""
