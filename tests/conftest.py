@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -49,8 +50,9 @@ def toy_corpus() -> list[str]:
     return lines
 
 
-def train_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (GPT-2 style leading spaces); ``bos=True`` adds ``<s>`` like Llama."""
+def train_tokenizer(bos: bool, extra: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2 style leading spaces); ``bos=True`` adds ``<s>`` like Llama;
+    ``extra`` texts join the training corpus (to learn merges such as ``"\\n\\n"``)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -60,7 +62,7 @@ def train_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(toy_corpus(), trainer)
+    tok.train_from_iterator([*toy_corpus(), *extra], trainer)
     if bos:
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
@@ -189,3 +191,29 @@ def assert_same_state(model: torch.nn.Module, before: dict[str, torch.Tensor]) -
     assert list(after) == list(before), "the model's modules or parameters changed"
     for name, tensor in before.items():
         assert torch.equal(after[name], tensor), f"{name} differs"
+
+
+# -- the synthetic bench of tests/synthetic_bench.py, built once per module that uses it ------
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.synthetic_bench import build_bench
+
+    root = tmp_path_factory.mktemp("bench")
+    build_bench(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def summary(bench: Path):
+    from kedit.bench.summary import BenchSummary
+
+    return BenchSummary.load(bench)
+
+
+@pytest.fixture(scope="module")
+def rows(bench: Path) -> dict:
+    from tests.synthetic_bench import read_rows
+
+    return read_rows(bench)

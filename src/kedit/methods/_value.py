@@ -16,7 +16,6 @@ are produced.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -31,7 +30,8 @@ from kedit.config import MethodConfig
 from kedit.methods._templates import fill
 from kedit.model.arch import get_module, text_config, weight_out_in
 from kedit.model.hooks import Trace, frozen
-from kedit.model.lm import cache_argument, model_device, select_logits
+from kedit.model.lm import model_device, select_logits
+from kedit.model.prefix import cache_kwargs, continuation_inputs, prefix_cache
 from kedit.model.tokens import encode, encode_prompt_target, pad, pad_id, token_index_of_span
 from kedit.types import EditRequest
 
@@ -251,23 +251,15 @@ class PrefixCachedPass:
                 if not p:
                     prefix.attention_mask[row] = 0
             prefix_mask = prefix.attention_mask
-            with torch.no_grad():
-                out = model(**prefix.to(self.device).model_inputs(), use_cache=True)
-            self.cache = out["cache"] if "cache" in out else out["past_key_values"]
-        suffix = pad(suffixes, pad_token, left=False)
-        offsets = prefix_mask.sum(-1, keepdim=True)  # (batch, 1): real prefix lengths
-        self.inputs = {
-            "input_ids": suffix.input_ids.to(self.device),
-            "attention_mask": torch.cat([prefix_mask, suffix.attention_mask], -1).to(self.device),
-            "position_ids": (offsets + torch.arange(suffix.input_ids.shape[1])).to(self.device),
-        }
+            self.cache = prefix_cache(model, prefix.to(self.device).model_inputs())
+        inputs = continuation_inputs(prefix_mask, suffixes, pad_token)
+        self.inputs = {k: v.to(self.device) for k, v in inputs.items()}
 
     def logits(self, columns: Sequence[int]) -> torch.Tensor:
         """Logits at the given suffix columns, ``(batch, len(columns), vocab)``."""
-        # the cache grows with each call; every pass starts from a copy of the prefix's
         kwargs: dict = {"use_cache": False}
-        if self.cache is not None:
-            kwargs = {cache_argument(self.model): copy.deepcopy(self.cache), "use_cache": True}
+        if self.cache is not None:  # every pass starts from a copy of the prefix's cache
+            kwargs = cache_kwargs(self.model, self.cache, len(self.inputs["input_ids"]))
         return select_logits(self.model, {**self.inputs, **kwargs}, columns)
 
 

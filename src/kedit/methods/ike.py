@@ -15,7 +15,8 @@ in the paper's proportions (4 copy, 12 update, 16 retain of 32), nearest last. T
 fact itself, and the query ``New Fact: {p} {o*}\\nPrompt: {x}``. With several facts (a batch, or
 a session of edits) each is stated once and a query names the fact nearest to it.
 
-Costs a longer context at every query; the context limits how many facts fit.
+Costs a longer context at every query (its keys and values are computed once per edit and
+reused by every query); the context limits how many facts fit.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from kedit.data import load_dataset
 from kedit.methods._embed import Embedder, cached_encode, make_embedder
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
-from kedit.model.lm import HFLanguageModel, LanguageModel, TargetScore, hf_module
+from kedit.model.lm import HFLanguageModel, TargetScore, hf_module
+from kedit.model.prefix import PrefixCachedLM
 from kedit.types import EditCase, EditRequest, ProbeKind
 
 
@@ -68,11 +70,17 @@ def fact_line(request: EditRequest) -> str:
 
 
 class InContextLM:
-    """A :class:`LanguageModel` that answers after IKE's demonstrations and the new facts."""
+    """A :class:`LanguageModel` that answers after IKE's demonstrations and the new facts.
+
+    Every query starts with the same context, so its keys and values are computed once per
+    wrapper (once per edit) and reused by every query: ``lm`` is ``base`` with that cache
+    (:class:`~kedit.model.prefix.PrefixCachedLM`), whose results are ``base``'s up to float
+    noise.
+    """
 
     def __init__(
         self,
-        base: LanguageModel,
+        base: HFLanguageModel,
         hf_model: Any,
         demos: str,
         facts: Sequence[EditRequest],
@@ -88,6 +96,7 @@ class InContextLM:
             f"New Fact: {fact_line(f)}\nPrompt: {fact_line(f)}\n\n" for f in self.facts
         )
         self.context = demos + statements
+        self.lm = PrefixCachedLM(base, self.context)
         self._fact_vectors = embedder.encode([fact_line(f) for f in self.facts])
 
     def contextualise(self, prompts: Sequence[str]) -> list[str]:
@@ -103,7 +112,7 @@ class InContextLM:
         ]
 
     def score_targets(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
-        return self.base.score_targets(self.contextualise(prompts), targets)
+        return self.lm.score_targets(self.contextualise(prompts), targets)
 
     def generate(
         self,
@@ -114,10 +123,10 @@ class InContextLM:
         stop_at_eos: bool = True,
     ) -> list[str]:
         contextualised = self.contextualise(prompts)
-        return self.base.generate(contextualised, max_new_tokens, top_k, seed, stop_at_eos)
+        return self.lm.generate(contextualised, max_new_tokens, top_k, seed, stop_at_eos)
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> torch.Tensor:
-        return self.base.next_token_logprobs(self.contextualise(prompts))
+        return self.lm.next_token_logprobs(self.contextualise(prompts))
 
 
 class IKE(EditMethod):
@@ -139,6 +148,7 @@ class IKE(EditMethod):
     ) -> None:
         embedder = self._embedder()
         if isinstance(model, InContextLM):  # a later edit in a session: add the facts
+            model.lm.release()  # the earlier context's cache; computed again after a rollback
             wrapper = InContextLM(
                 model.base, model.hf_model, model.demos, model.facts + requests, embedder
             )

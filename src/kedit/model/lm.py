@@ -161,8 +161,10 @@ class HFLanguageModel:
 
     # -- batching ---------------------------------------------------------------------------
 
-    def _batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
-        """Indices grouped into batches of similar length within the token budget."""
+    def _batches(self, lengths: Sequence[int], budget: int | None = None) -> Iterator[list[int]]:
+        """Indices grouped into batches of similar length within ``budget`` padded tokens
+        (default ``max_batch_tokens``); a longer row is a batch of its own."""
+        budget = budget or self.max_batch_tokens
         longest = max(lengths, default=0)
         if self.max_length is not None and longest > self.max_length:
             raise ValueError(
@@ -174,12 +176,17 @@ class HFLanguageModel:
         batch: list[int] = []
         for i in order:
             width = lengths[batch[0]] if batch else lengths[i]
-            if batch and (len(batch) + 1) * width > self.max_batch_tokens:
+            if batch and (len(batch) + 1) * width > budget:
                 yield batch
                 batch = []
             batch.append(i)
         if batch:
             yield batch
+
+    def _scoring_budget(self, lengths: Sequence[int]) -> int:
+        """Padded tokens per scoring pass over rows of these ``lengths``; a view whose passes
+        hold less per token (:class:`~kedit.model.prefix.PrefixCachedLM`) overrides it."""
+        return self.max_batch_tokens
 
     def _last_logits(self, batch: Batch, keep: int) -> torch.Tensor:
         """Log-softmax of the logits at the last ``keep`` positions, ``(batch, keep, vocab)``."""
@@ -191,6 +198,12 @@ class HFLanguageModel:
         where each row's prompt ends (GRACE's) overrides it."""
         return self._last_logits(batch, keep)
 
+    def _generation_inputs(self, batch: Batch, n_new: int) -> dict[str, Any]:
+        """``generate``'s inputs for a left-padded batch that will grow by ``n_new`` tokens; a
+        view that continues a cached prefix (:class:`~kedit.model.prefix.PrefixCachedLM`)
+        overrides it."""
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+
     # -- protocol ---------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -199,7 +212,8 @@ class HFLanguageModel:
             raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
         pairs = [encode_prompt_target(self.tokenizer, p, t) for p, t in zip(prompts, targets)]
         results: list[TargetScore | None] = [None] * len(pairs)
-        for idx in self._batches([len(p.ids) for p in pairs]):
+        lengths = [len(p.ids) for p in pairs]
+        for idx in self._batches(lengths, self._scoring_budget(lengths)):
             rows = [pairs[i] for i in idx]
             batch = pad([r.ids for r in rows], self._pad, left=True)
             keep = max(len(r.target_ids) for r in rows) + 1
@@ -221,7 +235,8 @@ class HFLanguageModel:
     def next_token_logprobs(self, prompts: Sequence[str]) -> torch.Tensor:
         encoded = [encode(self.tokenizer, p).ids for p in prompts]
         rows: dict[int, torch.Tensor] = {}
-        for idx in self._batches([len(e) for e in encoded]):
+        lengths = [len(e) for e in encoded]
+        for idx in self._batches(lengths, self._scoring_budget(lengths)):
             batch = pad([encoded[i] for i in idx], self._pad, left=True)
             last = self._last_logits(batch, 1)[:, 0].cpu()  # (batch, vocab)
             rows.update({i: last[r] for r, i in enumerate(idx)})
@@ -262,12 +277,9 @@ class HFLanguageModel:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 if seed is not None:
                     torch.manual_seed(seed)
-                out = self.model.generate(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    generation_config=config,
-                )
-            new_tokens = out[:, batch.input_ids.shape[1] :].cpu()
+                inputs = self._generation_inputs(batch, n_new)
+                out = self.model.generate(**inputs, generation_config=config)
+            new_tokens = out[:, inputs["input_ids"].shape[1] :].cpu()
             for row, i in enumerate(idx):
                 tokens = new_tokens[row, : limits[i]].tolist()
                 texts[i] = self.tokenizer.decode(tokens, skip_special_tokens=True)
