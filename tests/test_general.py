@@ -132,7 +132,7 @@ def test_metrics_on_a_hand_worked_confusion_matrix():
     labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
     preds = [1, 1, 1, 0, 1, 1, 0, 0, 0, 0]
     m = confusion_matrix(labels, preds, 2)
-    assert m == [[4, 2], [1, 3]]
+    assert m.tolist() == [[4, 2], [1, 3]]
     result = choice_metrics(labels, preds, 2, "mcc")
     assert result["accuracy"] == pytest.approx(0.7)
     assert result["f1"] == pytest.approx(2 / 3)  # 2TP / (2TP + FP + FN) = 6 / 9

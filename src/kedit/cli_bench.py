@@ -47,7 +47,12 @@ def add_bench_parsers(sub: Any) -> None:
         help="general-ability tasks at sequential checkpoints "
         f"(default {','.join(DEFAULT_GENERAL)}; 'none' for none)",
     )
-    bench.add_argument("--general-limit", type=int, help="examples per task (default 100)")
+    bench.add_argument(
+        "--general-limit",
+        type=int,
+        help="examples per general-ability task (default: all the shared subsets hold, e.g. "
+        "846 SST-2, 252 RTE, 1506 MMLU records, 2153 WikiText paragraphs)",
+    )
     bench.add_argument(
         "--set",
         action="append",

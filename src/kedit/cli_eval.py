@@ -70,8 +70,9 @@ def add_eval_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--general-limit",
         type=int,
-        default=100,
-        help="examples per general-ability task (default 100, as AlphaEdit)",
+        default=None,
+        help="examples per general-ability task (default: all the shared subsets hold; "
+        "AlphaEdit uses 100)",
     )
 
     au = sub.add_parser(

@@ -13,7 +13,7 @@ from kedit.bench.summary import BenchSummary
 from kedit.bench.tables import HeadlineTable, headline_groups, headline_table
 from kedit.eval.evaluate import EvalReport
 from kedit.eval.metric import resolve_metrics
-from kedit.formatting import MISSING, format_duration
+from kedit.formatting import MISSING, format_duration, format_interval
 from kedit.formatting import format_value as _fmt
 from kedit.methods import METHODS
 
@@ -35,13 +35,14 @@ def format_metrics(report: EvalReport) -> str:
             group,
             protocol,
             "higher" if s["metrics"][name].get("higher_is_better", True) else "lower",
-            _fmt(pre),
-            _fmt(post),
+            format_interval(pre, s["metrics"][name].get("pre_ci")),
+            format_interval(post, s["metrics"][name].get("post_ci")),
             str(n),
         )
         for name, group, protocol, pre, post, n in report.table()
     ]
-    return format_table(("metric", "group", "protocol", "better", "before", "after", "n"), rows)
+    header = ("metric", "group", "protocol", "better", "before [95% CI]", "after [95% CI]", "n")
+    return format_table(header, rows)
 
 
 def format_summary(report: EvalReport) -> str:
@@ -88,12 +89,19 @@ def format_general(general: dict[str, dict]) -> str:
         (
             task,
             general[points[0]][task]["metric"],
-            *(_fmt(general[k][task]["score"]) if task in general[k] else MISSING for k in points),
+            *(_general_cell(general[k].get(task)) for k in points),
         )
         for task in tasks
     ]
     header = ("task", "metric", *(f"after {k}" if k != "0" else "unedited" for k in points))
-    return "general ability (first N examples of each task):\n" + format_table(header, rows)
+    title = "general ability (first N examples of each task; 95% CI over them):\n"
+    return title + format_table(header, rows)
+
+
+def _general_cell(result: dict | None) -> str:
+    if result is None:
+        return MISSING
+    return format_interval(result["score"], result.get("ci"))
 
 
 DECAY_COLUMNS = (
@@ -121,9 +129,10 @@ def format_decay(summary: dict) -> str:
 
 
 def _decay_cell(values: dict) -> str:
+    post = format_interval(values.get("post"), values.get("post_ci"))
     if values.get("pre") is None:
-        return _fmt(values.get("post"))
-    return f"{_fmt(values.get('post'))} ({_fmt(values['pre'])})"
+        return post
+    return f"{post} ({_fmt(values['pre'])})"
 
 
 def format_predictions(
@@ -227,9 +236,14 @@ def _format_headline_table(table: HeadlineTable) -> str:
             label += f" (after {row.checkpoint})"
         if row.incomplete:
             label += " (incomplete)"
-        rows.append((label, *map(_fmt, row.values), _fmt(row.seconds_per_edit)))
+        cells = [
+            format_interval(v, None if e is None else (e.low, e.high))
+            for v, e in zip(row.values, row.estimates or (None,) * len(row.values))
+        ]
+        rows.append((label, *cells, _fmt(row.seconds_per_edit)))
     lower = [c.measure for c in table.columns if not c.higher_is_better]
-    note = f"\nlower is better: {', '.join(lower)}" if lower else ""
+    note = "\nvalues with their 95% interval [low, high] over the cases (a task's examples)"
+    note += f"\nlower is better: {', '.join(lower)}" if lower else ""
     header = ("method", *map(table.heading, table.columns), "s/edit")
     return f"{table.title}\n" + format_table(header, rows) + note
 

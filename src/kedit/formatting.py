@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 #: what a missing value prints as
 MISSING = "–"
 
@@ -12,6 +14,14 @@ def format_value(value: float | None, digits: int = 3) -> str:
     if value is None:
         return MISSING
     return f"{value:.3g}" if abs(value) >= 1e6 else f"{value:.{digits}f}"
+
+
+def format_interval(value: float | None, interval: Sequence[float] | None, digits: int = 3) -> str:
+    """A value with its 95% interval, ``0.850 [0.700, 0.950]``; the value alone without one."""
+    if value is None or interval is None:
+        return format_value(value, digits)
+    low, high = (format_value(x, digits) for x in interval)
+    return f"{format_value(value, digits)} [{low}, {high}]"
 
 
 def format_relative(change: float) -> str:

@@ -59,7 +59,8 @@ class BenchPlan:
     limit: int | None = 20
     suite: str = "core"
     general: list[str] = field(default_factory=lambda: list(DEFAULT_GENERAL))
-    general_limit: int | None = 100
+    #: examples per general-ability task; None: all the shared subsets hold
+    general_limit: int | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0
     device: str | None = None

@@ -16,12 +16,14 @@ import logging
 from html import escape
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
-from kedit.bench import verdicts as claims
-from kedit.bench.findings import CLAIMS, Finding, evaluate_claims
+from kedit.bench.findings import Finding, evaluate_claims
 from kedit.bench.plots import alt_text, plot_png, require_matplotlib
+from kedit.bench.report_findings import findings_section
 from kedit.bench.summary import BenchSummary
 from kedit.bench.tables import (
+    HeadlineRow,
     HeadlineTable,
     ScenarioTable,
     decay_plots,
@@ -29,6 +31,7 @@ from kedit.bench.tables import (
     headline_table,
     scenario_table,
 )
+from kedit.eval.formulas.uncertainty import Estimate
 from kedit.formatting import MISSING, format_relative, format_value
 
 log = logging.getLogger(__name__)
@@ -54,7 +57,7 @@ figure { display: inline-block; margin: 0.5rem 1rem 1rem 0; vertical-align: top;
 figure img { max-width: 100%; height: auto; }
 .verdict { font-weight: bold; white-space: nowrap; }
 .supported { color: #17612a; } .partly-supported { color: #8a5a00; }
-.not-supported { color: #a11d1d; } .not-run { color: #666; }
+.not-supported { color: #a11d1d; } .not-run { color: #666; } .inconclusive { color: #3a4f8a; }
 .note { color: #555; font-size: 0.9rem; }
 td small { color: #666; margin-left: 0.3rem; }
 th.start, td.start { border-left: 2px solid #888; }
@@ -91,7 +94,7 @@ def render_report(summary: BenchSummary, findings: list[Finding]) -> str:
         parts.append(_scenario_section(scenario_table(summary, scenario)))
     parts.append(_curves(summary))
     parts.append(_costs(summary))
-    parts.append(_findings(findings))
+    parts.append(findings_section(summary, findings))
     parts.append(_skipped(summary))
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p)
@@ -149,8 +152,8 @@ def _summary_section(summary: BenchSummary) -> str:
         head1 += f'<th class="start" colspan="{span}" scope="colgroup">{escape(table.title)}</th>'
         for i, col in enumerate(table.columns):
             css = ' class="start"' if i == 0 else ""
-            heading = table.heading(col)
-            name = f"{SHORT_GROUPS.get(heading, heading)} {col.arrow}"
+            group, _, protocol = table.heading(col).partition(": ")
+            name = " ".join(x for x in (SHORT_GROUPS.get(group, group), protocol, col.arrow) if x)
             head2 += f'<th{css} scope="col" title="{escape(col.measure)}">{escape(name)}</th>'
         css = "" if table.columns else ' class="start"'
         head2 += f'<th{css} scope="col">s/edit ↓</th>'
@@ -166,13 +169,17 @@ def _summary_section(summary: BenchSummary) -> str:
         "<h2>Summary</h2>"
         f'<div class="wide"><table><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
-        f'<p class="note">Headline measures: {escape(groups)}; each method at the scenario\'s '
-        "last checkpoint (1 edit for single, the batch size for batch:B, the most edits for "
-        "sequential), and for sequential the general-ability tasks there with, in small text, "
-        "the change from the unedited model (the difference for a downstream task, the relative "
-        "change for perplexity). s/edit: the median edit time per edit in seconds. The unedited "
-        "row is the model before editing on the same cases. ↑ higher is better, ↓ lower is "
-        "better; every measure per checkpoint is in the scenario tables below.</p>"
+        f'<p class="note">Headline measures: {escape(groups)}, and beside reliability and '
+        "generalization the same quantity under the other protocols (teacher-forced token "
+        "accuracy; free generation, where the model answers without being given the target); "
+        "each method at the scenario's last checkpoint (1 edit for single, the batch size for "
+        "batch:B, the most edits for sequential), and for sequential the general-ability tasks "
+        "there with, in small text, the change from the unedited model (the difference for a "
+        "downstream task, the relative change for perplexity). Below each value, its 95% "
+        "interval (bootstrap over the cases, or over a task's examples; a change's interval is "
+        "paired on the same examples). s/edit: the median edit time per edit in seconds. The "
+        "unedited row is the model before editing on the same cases. ↑ higher is better, ↓ lower "
+        "is better; every measure per checkpoint is in the scenario tables below.</p>"
     )
 
 
@@ -193,18 +200,41 @@ def _summary_row(tables: list[HeadlineTable], label: str) -> str:
             extra = ""
             if i == 0 and row.checkpoint != table.last:
                 extra = f" <small>(after {row.checkpoint})</small>"
-            change = table.change(row, i)
-            if change is not None:
-                higher = table.columns[i].higher_is_better
-                text = f"{change:+.3f}" if higher else format_relative(change)
-                extra += f" <small>{text}</small>"
+            extra += _change_text(table, row, i)
             css = "num start" if i == 0 else "num"
-            cells += f'<td class="{css}">{format_value(value)}{extra}</td>'
+            cells += f'<td class="{css}">{_cell(value, _get(row.estimates, i))}{extra}</td>'
         css = "num" if table.columns else "num start"
         cells += f'<td class="{css}">{format_value(row.seconds_per_edit)}</td>'
     name = label + (" (incomplete)" if incomplete else "")
     css = ' class="unedited"' if label == "unedited" else ""
     return f'<tr{css}><th scope="row">{escape(name)}</th>{cells}</tr>'
+
+
+def _get(values: tuple, i: int) -> Any:
+    return values[i] if i < len(values) else None
+
+
+def _cell(value: float | None, est: Estimate | None) -> str:
+    """A value with its 95% interval below it, in small text."""
+    if est is None:
+        return format_value(value)
+    low, high = format_value(est.low), format_value(est.high)
+    return f"{format_value(value)}<br><small>[{low}, {high}]</small>"
+
+
+def _change_text(table: HeadlineTable, row: HeadlineRow, i: int) -> str:
+    """A general-ability cell's change from the unedited model, with its paired interval."""
+    change = table.change(row, i)
+    if change is None:
+        return ""
+    fmt = _signed if table.columns[i].higher_is_better else format_relative
+    est = _get(row.changes, i)
+    bounds = f" [{fmt(est.low)}, {fmt(est.high)}]" if est is not None else ""
+    return f" <small>{fmt(change)}{bounds}</small>"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.3f}"
 
 
 def _scenario_section(table: ScenarioTable) -> str:
@@ -247,9 +277,10 @@ def _table_html(table: ScenarioTable, with_checkpoint: bool) -> str:
             cells = f'<th scope="row">{escape(label)}</th>'
             if with_checkpoint:
                 cells += f'<td class="num">{checkpoint}</td>'
-            for value, top in zip(row.values, best):
+            for i, (value, top) in enumerate(zip(row.values, best)):
                 is_best = row.label != "unedited" and value is not None and value == top
-                cells += f'<td class="num{" best" if is_best else ""}">{format_value(value)}</td>'
+                text = _cell(value, _get(row.estimates, i))
+                cells += f'<td class="num{" best" if is_best else ""}">{text}</td>'
             css = ' class="unedited"' if row.label == "unedited" else ""
             html_rows.append(f"<tr{css}>{cells}</tr>")
         bodies.append(f"<tbody>{''.join(html_rows)}</tbody>")
@@ -323,61 +354,6 @@ def _costs(summary: BenchSummary) -> str:
         "are the process's resident set (its high-water mark reset before each update): memory "
         "that earlier work freed and the C allocator kept is reused without growing it, so "
         "there the edit memory is a lower bound.</p>"
-    )
-
-
-def _findings(findings: list[Finding]) -> str:
-    by_id = {c.id: c for c in CLAIMS}
-    rows = []
-    for finding in findings:
-        claim = by_id[finding.claim]
-        css = finding.verdict.replace(" ", "-")
-        rows.append(
-            f"<tr><td>{escape(claim.text)}</td>"
-            f'<td class="verdict {css}">{escape(finding.verdict)}</td>'
-            f"<td>{escape(finding.sentence)}</td><td>{escape(claim.threshold)}</td></tr>"
-        )
-    constants = (
-        (
-            "RELIABILITY_DROP",
-            claims.RELIABILITY_DROP,
-            "IKE is worse with many edits if its reliability drops by at least this",
-        ),
-        (
-            "DOWNSTREAM_DEGRADE",
-            claims.DOWNSTREAM_DEGRADE,
-            "degraded: mean downstream change from the unedited model at most minus this ...",
-        ),
-        (
-            "PERPLEXITY_DEGRADE",
-            claims.PERPLEXITY_DEGRADE,
-            "... or perplexity up by at least this fraction",
-        ),
-        ("DEGRADE_CHECKPOINTS", claims.DEGRADE_CHECKPOINTS, "where MEND, ROME, KN are tested"),
-        (
-            "STABLE_UP_TO",
-            claims.STABLE_UP_TO,
-            "MEMIT is stable if no checkpoint up to this degrades",
-        ),
-        ("DOWNSTREAM_TOLERANCE", claims.DOWNSTREAM_TOLERANCE, "unchanged downstream score, ±"),
-        ("PERPLEXITY_TOLERANCE", claims.PERPLEXITY_TOLERANCE, "unchanged perplexity, ± fraction"),
-        ("DOWNSTREAM_DROP", claims.DOWNSTREAM_DROP, "a mean downstream change below minus this"),
-    )
-    items = "".join(
-        f"<li><code>{escape(name)} = {escape(str(value))}</code>: {escape(what)}</li>"
-        for name, value, what in constants
-    )
-    return (
-        "<h2>The survey's claims</h2>"
-        "<table><thead><tr><th>claim</th><th>verdict</th><th>what decided it</th>"
-        f"<th>test</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        '<p class="note">The decay claims (MEND, ROME and KN degrade, MEMIT is stable) are '
-        "judged, as the survey reads them off its downstream-task plots, on general ability: a "
-        f"method degrades at a checkpoint if its downstream task scores change by at most "
-        f"-{claims.DOWNSTREAM_DEGRADE:.2f} on average from the unedited model's, or its "
-        f"perplexity rises by at least {claims.PERPLEXITY_DEGRADE:.0%}. Reliability after 1 "
-        "edit and at the last checkpoint is given as context only.</p>"
-        f"<p>Thresholds (<code>kedit.bench.verdicts</code>):</p><ul>{items}</ul>"
     )
 
 

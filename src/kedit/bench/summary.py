@@ -25,9 +25,11 @@ from typing import Any
 
 from kedit.bench.plan import BASELINE_JOB
 from kedit.bench.store import BenchStore
+from kedit.eval.formulas.uncertainty import Estimate
+from kedit.eval.general.task import task_estimate
 from kedit.eval.metric import GENERAL_GROUP
 from kedit.eval.protocols import order_key
-from kedit.eval.rows import CaseRow, MeasureRow
+from kedit.eval.rows import GENERAL_CASE, CaseRow, MeasureRow
 from kedit.eval.summary import Costs, MeasureMean, case_costs, measure_means
 
 #: the measure that stands for a group in headlines and decay curves: the first one present
@@ -79,16 +81,36 @@ def job_costs(cases: Iterable[dict[str, Any]]) -> dict[str, JobCost]:
     return out
 
 
-def job_means(results: Iterable[dict[str, Any]]) -> dict[tuple[str, int, str], MeasureMean]:
-    """(job, checkpoint, measure) -> pooled means, from :meth:`BenchStore.results` rows."""
+def job_rows(results: Iterable[dict[str, Any]]) -> dict[str, list[MeasureRow]]:
+    """job -> its measure rows, from :meth:`BenchStore.results` rows."""
     by_job: dict[str, list[MeasureRow]] = defaultdict(list)
     for row in results:
         by_job[row["job_id"]].append(MeasureRow.from_dict(row))
+    return by_job
+
+
+def job_means(results: Iterable[dict[str, Any]]) -> dict[tuple[str, int, str], MeasureMean]:
+    """(job, checkpoint, measure) -> pooled means, from :meth:`BenchStore.results` rows."""
+    return _means(job_rows(results))
+
+
+def _means(by_job: dict[str, list[MeasureRow]]) -> dict[tuple[str, int, str], MeasureMean]:
     return {
         (job_id, k, measure): mean
         for job_id, rows in by_job.items()
         for (k, measure), mean in measure_means(rows).items()
     }
+
+
+def general_results(cases: Iterable[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """(job, checkpoint) -> the general-ability task results (with their per-example samples)
+    stored in the general pseudo-case's details."""
+    out = {}
+    for row in cases:
+        details = row.get("details") or {}
+        if row["case_id"] == GENERAL_CASE and details.get("general"):
+            out[(row["job_id"], int(row["checkpoint"]))] = details["general"]
+    return out
 
 
 # -- jobs and the summary ----------------------------------------------------------------------
@@ -142,6 +164,11 @@ class BenchSummary:
     headlines: dict[str, str]
     #: the plan of the bench's last run (``BenchPlan.to_dict()``), or ``{}``
     plan: dict[str, Any] = field(default_factory=dict)
+    #: job -> its measure rows (one per case, measure and checkpoint): what paired comparisons
+    #: between jobs resample
+    rows: dict[str, list[MeasureRow]] = field(default_factory=dict)
+    #: (job, checkpoint) -> general-ability task results, with their per-example samples
+    general_detail: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     _by_job: dict[str, list[MeasureMean]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -166,7 +193,9 @@ class BenchSummary:
             )
             for j in jobs
         }
-        means = job_means(results)
+        cases = list(cases)
+        rows = job_rows(results)
+        means = _means(rows)
         return cls(
             identity=dict(identity),
             jobs=job_infos,
@@ -174,6 +203,8 @@ class BenchSummary:
             costs=job_costs(cases),
             headlines=choose_headlines(means.values()),
             plan=dict(plan or {}),
+            rows=dict(rows),
+            general_detail=general_results(cases),
         )
 
     @classmethod
@@ -244,6 +275,35 @@ class BenchSummary:
         """The value of ``group``'s headline measure (see :attr:`headlines`)."""
         measure = self.headlines.get(group)
         return None if measure is None else self.value(job_id, checkpoint, measure, which)
+
+    def estimate(
+        self, job_id: str, checkpoint: int, measure: str, which: str = "post"
+    ) -> Estimate | None:
+        """The pooled mean of ``which`` with its 95% interval: over the cases for an editing
+        measure, over the task's examples for a general-ability task (which has no ``pre``:
+        the unedited model's is the baseline job's)."""
+        mean = self.means.get((job_id, checkpoint, measure))
+        if mean is None:
+            return None
+        if mean.group == GENERAL_GROUP:
+            result = self.general_result(job_id, checkpoint, measure) if which == "post" else None
+            return None if result is None else task_estimate(measure, result)
+        return mean.pre_estimate if which == "pre" else mean.post_estimate
+
+    def case_values(
+        self, job_id: str, checkpoint: int, measure: str, which: str = "post"
+    ) -> dict[str, tuple[float, int]]:
+        """case -> (value, pooling weight) of one measure of a job at a checkpoint."""
+        return {
+            r.case_id: (getattr(r, which), r.weight)
+            for r in self.rows.get(job_id, [])
+            if r.checkpoint == checkpoint and r.measure == measure and getattr(r, which) is not None
+        }
+
+    def general_result(self, job_id: str, checkpoint: int, task: str) -> dict[str, Any] | None:
+        """A general-ability task's full result (samples included) of a job at a checkpoint;
+        the unedited model's is the baseline job's at checkpoint 0."""
+        return self.general_detail.get((job_id, checkpoint), {}).get(task)
 
     def general(self, job_id: str, checkpoint: int) -> dict[str, float]:
         """General-ability scores (task -> value) of a job at a checkpoint."""

@@ -1,37 +1,44 @@
-"""The machinery of the survey's claims: verdicts, thresholds, the ``Claim`` and ``Finding`` types,
-and the checks the claims of :mod:`kedit.bench.findings` are judged with.
+"""The machinery of the survey's claims: verdicts, thresholds, the ``Claim``, ``Test`` and
+``Finding`` types, and the checks the claims of :mod:`kedit.bench.findings` are judged with.
 
 A claim is judged on those of its methods the bench ran; the sentence names the missing ones
 (not registered in kedit, or not in this bench). A claim none of whose methods ran, or that
-lacks the scenario or checkpoints it needs, is ``not run``.
+lacks the scenario, dataset or checkpoints it needs, is ``not run``.
 
-Reliability and generalization are the headline measures of their groups
-(:data:`kedit.bench.summary.HEADLINE_PREFERENCE`); "checkpoint K" is the sequential scenario
-after K edits. A method *degrades* at checkpoint K if the mean change of its downstream task
-scores from the unedited model's is at most ``-DOWNSTREAM_DEGRADE``, or its perplexity (the mean
-relative change of the lower-is-better general tasks) rises by at least ``PERPLEXITY_DEGRADE``
-(the changes are :class:`kedit.bench.general_change.GeneralChange`).
+Every part of a claim is a :class:`Test`: an estimate with its 95% interval against a
+threshold. A part holds or fails only when the whole interval lies on one side of the
+threshold; otherwise it is undecided, and a claim with an undecided part is "inconclusive at this
+sample size", with the sample that would settle it if the estimate stayed where it is
+(:meth:`kedit.eval.formulas.uncertainty.Estimate.needed`).
+
+A method *degrades* at checkpoint K if the mean change of its downstream task scores from the
+unedited model's (the informative tasks only: see
+:func:`kedit.bench.general_change.informative_tasks`) is at most ``-DOWNSTREAM_DEGRADE``, or its
+perplexity rises by at least ``PERPLEXITY_DEGRADE``, each change with its paired interval over
+the tasks' examples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from kedit.bench.general_change import GeneralChange, general_changes, task_changes
+from kedit.bench.general_change import GeneralChange, general_changes
 from kedit.bench.summary import BenchSummary, JobInfo
-from kedit.formatting import format_value
+from kedit.eval.formulas.uncertainty import Estimate, paired_combination
+from kedit.formatting import format_relative
 from kedit.methods import METHODS, display_name
 
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"
 PARTLY = "partly supported"
+INCONCLUSIVE = "inconclusive at this sample size"
 NOT_RUN = "not run"
-VERDICTS = (SUPPORTED, PARTLY, NOT_SUPPORTED, NOT_RUN)
+VERDICTS = (SUPPORTED, PARTLY, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN)
 
-#: IKE is "worse with many edits" if its reliability after the sequential edits is at least
-#: this much (absolute, on a 0..1 score) below its single-edit reliability
-RELIABILITY_DROP = 0.10
+#: a method is "worse" than another on the same cases if the difference of their scores lies
+#: below this (and "best" if above it)
+DIFFERENCE = 0.0
 #: a method degrades at a checkpoint if the mean change of its downstream task scores from the
 #: unedited model's is at most minus this (absolute) ...
 DOWNSTREAM_DEGRADE = 0.05
@@ -47,6 +54,64 @@ DOWNSTREAM_TOLERANCE = 0.02
 PERPLEXITY_TOLERANCE = 0.01
 #: parameter-modifying methods "lower" downstream scores: mean change below minus this
 DOWNSTREAM_DROP = 0.01
+#: locality is "stable" if the locality headline drops by less than this after editing
+LOCALITY_DROP = 0.05
+
+
+@dataclass(frozen=True)
+class Test:
+    """One part of a claim: ``estimate`` against ``threshold``; the part holds when the
+    quantity lies above the threshold (``holds_above``) or below it."""
+
+    what: str
+    estimate: Estimate
+    threshold: float
+    holds_above: bool
+    #: print the quantity as a relative change (perplexity)
+    relative: bool = False
+
+    @property
+    def outcome(self) -> bool | None:
+        """True if the whole interval lies on the claim's side, False if on the other, None
+        if it holds the threshold (undecided)."""
+        side = self.estimate.side(self.threshold)
+        return None if side == 0 else (side > 0) == self.holds_above
+
+    @property
+    def leans(self) -> bool:
+        """Whether the value itself lies on the claim's side (where the test would settle if
+        the value stayed there)."""
+        return (self.estimate.value > self.threshold) == self.holds_above
+
+    def text(self) -> str:
+        est, fmt = self.estimate, format_relative if self.relative else _signed
+        op = ">" if self.holds_above else "<"
+        state = {True: "holds", False: "fails", None: "undecided"}[self.outcome]
+        text = (
+            f"{self.what} {fmt(est.value)} [{fmt(est.low)}, {fmt(est.high)}] "
+            f"({op} {fmt(self.threshold)}: {state})"
+        )
+        if est.degenerate and est.n:
+            text += (
+                f" (all {est.n} {est.unit} agree, so the interval is one point; up to "
+                f"{3 / est.n:.0%} of further ones could still differ)"
+            )
+        return text
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.3f}"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What a claim's judge decided: the verdict, the sentence with the numbers, the numbers,
+    and, when inconclusive, the sample that would settle it."""
+
+    verdict: str
+    sentence: str
+    numbers: dict[str, float] = field(default_factory=dict)
+    needed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,11 +122,12 @@ class Finding:
     verdict: str
     sentence: str
     numbers: dict[str, float] = field(default_factory=dict)
+    #: for an inconclusive verdict: the sample size that would settle it
+    needed: str | None = None
 
 
-#: a judge gets the summary and the claim's methods that ran, and returns (verdict, sentence,
-#: numbers)
-Judge = Callable[[BenchSummary, list[str]], tuple[str, str, dict[str, float]]]
+#: a judge gets the summary and the claim's methods that ran
+Judge = Callable[[BenchSummary, list[str]], Judgement]
 
 
 @dataclass(frozen=True)
@@ -72,7 +138,7 @@ class Claim:
     text: str
     #: the methods it is about; empty means every method in the bench
     methods: tuple[str, ...]
-    #: the scenario it needs, in words
+    #: the scenario (and data) it needs, in words
     scenario: str
     #: the test that decides it, in words, with the thresholds
     threshold: str
@@ -83,16 +149,15 @@ class Claim:
         ran, missing = available(summary, self.methods)
         if self.methods and not ran:
             return Finding(self.id, NOT_RUN, f"not run: {'; '.join(missing)}")
-        verdict, sentence, numbers = self.judge(summary, ran)
-        if missing and verdict == NOT_RUN:
+        found = self.judge(summary, ran)
+        sentence = found.sentence
+        if missing and found.verdict == NOT_RUN:
             sentence += "; " + "; ".join(missing)
         elif missing:
             sentence += f" Missing: {'; '.join(missing)}."
-        return Finding(self.id, verdict, sentence, numbers)
+        return Finding(self.id, found.verdict, sentence, found.numbers, found.needed)
 
 
-#: comparisons with a threshold allow this much floating-point noise
-EPS = 1e-9
 NEEDS_GENERAL = "needs general-ability tasks at sequential checkpoints"
 
 
@@ -113,8 +178,22 @@ def available(summary: BenchSummary, methods: tuple[str, ...]) -> tuple[list[str
     return ran, missing
 
 
-def not_run(what: str) -> tuple[str, str, dict[str, float]]:
-    return NOT_RUN, f"not run: {what}", {}
+def not_run(what: str) -> Judgement:
+    return Judgement(NOT_RUN, f"not run: {what}")
+
+
+def any_of(outcomes: Sequence[bool | None]) -> bool | None:
+    """True if one holds, False if every one fails, None otherwise."""
+    if any(o is True for o in outcomes):
+        return True
+    return False if outcomes and all(o is False for o in outcomes) else None
+
+
+def all_of(outcomes: Sequence[bool | None]) -> bool | None:
+    """False if one fails, True if every one holds, None otherwise."""
+    if any(o is False for o in outcomes):
+        return False
+    return True if outcomes and all(o is True for o in outcomes) else None
 
 
 def combine(held: list[bool]) -> str:
@@ -124,28 +203,178 @@ def combine(held: list[bool]) -> str:
     return PARTLY if any(held) else NOT_SUPPORTED
 
 
+#: how a claim's tests combine: ``each`` must be decided (a verdict per method), ``all`` must
+#: hold, ``any`` one holding is enough
+Mode = str
+
+
+def deciding(tests: Sequence[Test], mode: Mode = "each") -> list[Test]:
+    """The undecided tests whose settling would decide the claim if the values stayed where
+    they are: for ``any``, the quickest of those leaning towards holding (else all); for
+    ``all``, the quickest of those leaning towards failing (else all); for ``each``, all."""
+    undecided = [t for t in tests if t.outcome is None]
+    if mode == "each" or not undecided:
+        return undecided
+    leaning = [t for t in undecided if t.leans == (mode == "any")]
+    if not leaning:
+        return undecided
+    return [min(leaning, key=lambda t: t.estimate.needed(t.threshold) or float("inf"))]
+
+
+def needed_sample(tests: Sequence[Test]) -> str:
+    """What sample would settle the undecided ones of ``tests``, in words."""
+    sizes: dict[str, int] = {}
+    stuck = False
+    for test in tests:
+        if test.outcome is not None:
+            continue
+        n = test.estimate.needed(test.threshold)
+        if n is None:
+            stuck = True
+        else:
+            unit = test.estimate.unit
+            sizes[unit] = max(sizes.get(unit, 0), n)
+    parts = [f"about {n} {unit}" for unit, n in sizes.items()]
+    if "examples" in sizes or "texts" in sizes:
+        parts = [p + (" per task" if "cases" not in p else "") for p in parts]
+    if stuck:
+        parts.append("no sample size for an estimate that sits on its threshold")
+    return "; ".join(parts) or "a larger sample"
+
+
+def verdict(
+    parts: Sequence[bool | None], tests: Sequence[Test], mode: Mode = "each"
+) -> tuple[str, str | None]:
+    """(verdict, sample needed) of a claim whose parts are ``parts``: inconclusive if one is
+    undecided, else :func:`combine`."""
+    if any(p is None for p in parts):
+        return INCONCLUSIVE, needed_sample(deciding(tests, mode))
+    return combine([bool(p) for p in parts]), None
+
+
+def conclude(
+    parts: Sequence[bool | None],
+    tests: Sequence[Test],
+    sentence: str,
+    numbers: dict[str, float],
+    mode: Mode = "each",
+) -> Judgement:
+    """The :class:`Judgement` of a claim's parts, inconclusive parts named; ``mode`` says how
+    the tests combine (:func:`deciding`)."""
+    found, needed = verdict(parts, tests, mode)
+    if needed:
+        sentence += f" Inconclusive at this sample size: {needed} would settle it."
+    return Judgement(found, sentence, numbers, needed)
+
+
+def test_numbers(key: str, est: Estimate) -> dict[str, float]:
+    return {key: est.value, f"{key}_low": est.low, f"{key}_high": est.high}
+
+
 def sequential_job(summary: BenchSummary, method: str) -> JobInfo | None:
     return summary.job(method, "sequential")
 
 
-def reliability_at_one(summary: BenchSummary, method: str) -> tuple[float | None, str]:
-    """Reliability after one edit: sequential checkpoint 1, else the single scenario (also
-    checkpoint 1)."""
+def headline_difference(
+    summary: BenchSummary,
+    a: tuple[str, int],
+    b: tuple[str, int],
+    groups: Sequence[str],
+) -> Estimate | None:
+    """Mean over ``groups`` of the headline measure of job-checkpoint ``a`` minus that of
+    ``b``, paired over the cases both scored."""
+    terms = []
+    for group in groups:
+        measure = summary.headlines.get(group)
+        if measure is None:
+            return None
+        weight = 1 / len(groups)
+        terms.append((weight, summary.case_values(a[0], a[1], measure)))
+        terms.append((-weight, summary.case_values(b[0], b[1], measure)))
+    return paired_combination(terms)
+
+
+def headline_change(
+    summary: BenchSummary, job_id: str, checkpoint: int, group: str
+) -> Estimate | None:
+    """A headline measure's change after editing (post - pre) of a job at a checkpoint, paired
+    over its cases."""
+    measure = summary.headlines.get(group)
+    if measure is None:
+        return None
+    post = summary.case_values(job_id, checkpoint, measure)
+    pre = summary.case_values(job_id, checkpoint, measure, "pre")
+    return paired_combination([(1.0, post), (-1.0, pre)])
+
+
+def degrade_tests(change: GeneralChange, name: str) -> list[Test]:
+    """The two ways to degrade at a checkpoint (see the module docstring)."""
+    tests = []
+    k = change.checkpoint
+    if change.downstream is not None:
+        what = f"{name}'s downstream change after {k}"
+        tests.append(Test(what, change.downstream, -DOWNSTREAM_DEGRADE, holds_above=False))
+    if change.perplexity is not None:
+        what = f"{name}'s perplexity change after {k}"
+        tests.append(Test(what, change.perplexity, PERPLEXITY_DEGRADE, True, relative=True))
+    return tests
+
+
+@dataclass(frozen=True)
+class Part:
+    """One method's share of a claim: its outcome (None: undecided), sentence, numbers and
+    tests; ``testable=False`` when the bench cannot test it (the sentence says why)."""
+
+    outcome: bool | None
+    sentence: str
+    numbers: dict[str, float] = field(default_factory=dict)
+    tests: tuple[Test, ...] = ()
+    testable: bool = True
+    #: how its tests combine (:func:`deciding`)
+    mode: Mode = "each"
+
+
+def degradation(summary: BenchSummary, method: str) -> Part:
+    """Whether ``method``'s general ability has degraded at checkpoint 10 or 20."""
     seq = sequential_job(summary, method)
-    if seq is not None and 1 in summary.checkpoints(seq.job_id):
-        return summary.headline(seq.job_id, 1, "reliability"), "after 1 edit"
-    single = summary.job(method, "single")
-    if single is not None:
-        return summary.headline(single.job_id, 1, "reliability"), "on single edits"
-    return None, ""
+    name = display_name(method)
+    if seq is None:
+        return Part(None, f"{NEEDS_GENERAL} ({name} ran no sequential scenario)", testable=False)
+    checks = general_changes(summary, seq.job_id, lambda k: k in DEGRADE_CHECKPOINTS)
+    if not checks:
+        wanted = " or ".join(map(str, DEGRADE_CHECKPOINTS))
+        ran = ",".join(map(str, summary.checkpoints(seq.job_id)))
+        return Part(
+            None,
+            f"needs general-ability scores with per-example results at sequential checkpoint "
+            f"{wanted} ({name} ran {seq.scenario}, checkpoints {ran})",
+            testable=False,
+        )
+    tests = [t for c in checks for t in degrade_tests(c, name)]
+    numbers: dict[str, float] = {}
+    for check in checks:
+        numbers |= check.numbers(method)
+    outcome = any_of([any_of([t.outcome for t in degrade_tests(c, name)]) for c in checks])
+    state = {True: "degrades", False: "does not degrade", None: "undecided whether it degrades"}
+    sentence = f"{name} {state[outcome]} ({'; '.join(t.text() for t in tests)})"
+    return Part(outcome, sentence, numbers, tuple(tests), mode="any")
 
 
-def degrades(change: GeneralChange) -> bool:
-    """Downstream mean change at most ``-DOWNSTREAM_DEGRADE``, or perplexity up by at least
-    ``PERPLEXITY_DEGRADE``."""
-    down = change.downstream is not None and change.downstream <= -DOWNSTREAM_DEGRADE + EPS
-    ppl = change.perplexity is not None and change.perplexity >= PERPLEXITY_DEGRADE - EPS
-    return down or ppl
+def judge_each(
+    summary: BenchSummary, methods: list[str], test: Callable[[BenchSummary, str], Part]
+) -> Judgement:
+    """Apply ``test`` to each method; combine the testable ones."""
+    parts = [test(summary, m) for m in methods]
+    tested = [p for p in parts if p.testable]
+    untestable = [p.sentence for p in parts if not p.testable]
+    if not tested:
+        return not_run("; ".join(untestable))
+    sentence = "; ".join(p.sentence for p in tested) + "."
+    if untestable:
+        sentence += " Not tested: " + "; ".join(untestable) + "."
+    numbers = {k: v for p in tested for k, v in p.numbers.items()}
+    tests = [t for p in tested for t in deciding(p.tests, p.mode)]
+    return conclude([p.outcome for p in tested], tests, sentence, numbers)
 
 
 def general_missing(summary: BenchSummary) -> str | None:
@@ -155,94 +384,3 @@ def general_missing(summary: BenchSummary) -> str | None:
     if not summary.baseline_general():
         return "needs the unedited model's general-ability scores (job unedited/general)"
     return None
-
-
-def reliability_context(
-    summary: BenchSummary, method: str, seq: JobInfo
-) -> tuple[str, dict[str, float]]:
-    """``method``'s reliability after 1 edit and at its last sequential checkpoint (context
-    for the general-ability verdicts, not their criterion)."""
-    start, where = reliability_at_one(summary, method)
-    last = summary.checkpoints(seq.job_id)[-1]
-    end = summary.headline(seq.job_id, last, "reliability")
-    numbers = {}
-    if start is not None:
-        numbers[f"{method}_reliability_1"] = start
-    if end is not None:
-        numbers[f"{method}_reliability_{last}"] = end
-    where = where or "after 1 edit"
-    return (
-        f"reliability {format_value(start)} {where}, {format_value(end)} after {last} edits",
-        numbers,
-    )
-
-
-def degradation(summary: BenchSummary, method: str) -> tuple[bool | None, str, dict[str, float]]:
-    """Whether ``method``'s general ability has degraded at checkpoint 10 or 20 (see
-    :func:`degrades`); None: not testable, with why."""
-    seq = sequential_job(summary, method)
-    if seq is None:
-        return None, f"{NEEDS_GENERAL} ({display_name(method)} ran no sequential scenario)", {}
-    checks = general_changes(summary, seq.job_id, lambda k: k in DEGRADE_CHECKPOINTS)
-    if not checks:
-        wanted = " or ".join(map(str, DEGRADE_CHECKPOINTS))
-        ran = ",".join(map(str, summary.checkpoints(seq.job_id)))
-        return (
-            None,
-            f"needs general-ability scores at sequential checkpoint {wanted} "
-            f"({display_name(method)} ran {seq.scenario}, checkpoints {ran})",
-            {},
-        )
-    degraded = [c for c in checks if degrades(c)]
-    context, numbers = reliability_context(summary, method, seq)
-    for check in checks:
-        numbers |= check.numbers(method)
-    if degraded:
-        verdict = f"degrades by {degraded[0].checkpoint} edits"
-    else:
-        verdict = f"does not degrade by {checks[-1].checkpoint} edits"
-    details = "; ".join(c.text() for c in checks)
-    return bool(degraded), f"{display_name(method)} {verdict} ({details}; {context})", numbers
-
-
-def judge_each(
-    summary: BenchSummary,
-    methods: list[str],
-    test: Callable[[BenchSummary, str], tuple[bool | None, str, dict[str, float]]],
-) -> tuple[str, str, dict[str, float]]:
-    """Apply ``test`` to each method; combine the testable ones (:func:`combine`)."""
-    held, sentences, untestable, numbers = [], [], [], {}
-    for method in methods:
-        ok, sentence, values = test(summary, method)
-        if ok is None:
-            untestable.append(sentence)
-            continue
-        held.append(ok)
-        sentences.append(sentence)
-        numbers.update(values)
-    if not held:
-        return not_run("; ".join(untestable))
-    sentence = "; ".join(sentences) + "."
-    if untestable:
-        sentence += " Not tested: " + "; ".join(untestable) + "."
-    return combine(held), sentence, numbers
-
-
-def change_at_last(
-    summary: BenchSummary, method: str
-) -> tuple[dict[str, float], dict[str, float], int] | str:
-    """(downstream task -> change, perplexity task -> relative change, checkpoint) of
-    ``method``'s last sequential checkpoint against the unedited model, or why there is none."""
-    if not summary.baseline_general():
-        return "needs the unedited model's general-ability scores (job unedited/general)"
-    seq = sequential_job(summary, method)
-    if seq is None:
-        name = display_name(method)
-        return f"needs general-ability scores at sequential checkpoints ({name} ran none)"
-    last = summary.checkpoints(seq.job_id)[-1]
-    downstream, perplexity = task_changes(summary, seq.job_id, last)
-    if not downstream and not perplexity:
-        return (
-            f"needs general-ability scores at {display_name(method)}'s last sequential checkpoint"
-        )
-    return downstream, perplexity, last

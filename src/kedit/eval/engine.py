@@ -60,7 +60,7 @@ class Engine:
 
     Args:
         general: general-ability tasks measured at sequential checkpoints.
-        general_limit: examples per general-ability task.
+        general_limit: examples per general-ability task (None: all the task holds).
         cache_unedited: keep the unedited scores of each batch of cases for later calls (a
             bench runs many jobs on the same cases); off, they are scored for each call.
     """
@@ -72,7 +72,7 @@ class Engine:
         env: Environment,
         cases: Sequence[EditCase],
         general: Sequence[str] = (),
-        general_limit: int | None = 100,
+        general_limit: int | None = None,
         cache_unedited: bool = False,
     ) -> None:
         self.model, self.tok, self.env = model, tok, env

@@ -80,7 +80,7 @@ class EvalSetup:
         suite: str = "core",
         limit: int | None = None,
         general: Sequence[str] = (),
-        general_limit: int | None = 100,
+        general_limit: int | None = None,
         env: Environment | None = None,
     ) -> EvalSetup:
         """Check everything that needs no model; errors name the option at fault."""
@@ -192,7 +192,7 @@ def evaluate(
     suite: str = "core",
     limit: int | None = None,
     general: Sequence[str] = (),
-    general_limit: int | None = 100,
+    general_limit: int | None = None,
     out_dir: str | Path | None = None,
     resume: bool = False,
     env: Environment | None = None,

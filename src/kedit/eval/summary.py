@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kedit.eval.formulas import reversion_rate_by_confidence
+from kedit.eval.formulas.uncertainty import Estimate, mean_estimate
+from kedit.eval.general.task import task_estimate
 from kedit.eval.metric import group_rank
 from kedit.eval.protocols import Protocol, Sequential
 from kedit.eval.rows import GENERAL_CASE, CaseRow, MeasureRow
@@ -39,16 +41,28 @@ class MeasureMean:
     post: float | None
     #: rows (cases) that have a ``post`` value
     n: int
+    #: ``pre`` with its 95% bootstrap interval over the cases
+    pre_estimate: Estimate | None = None
+    #: ``post`` with its 95% bootstrap interval over the cases
+    post_estimate: Estimate | None = None
 
     def entry(self) -> dict[str, Any]:
-        """The summary.json form: group, protocol, direction, n, and pre / post where known."""
+        """The summary.json form: group, protocol, direction, n, and pre / post where known,
+        each with its 95% interval (``pre_ci``, ``post_ci``: ``[low, high]``)."""
         out: dict[str, Any] = {
             "group": self.group,
             "protocol": self.protocol,
             "higher_is_better": self.higher_is_better,
             "n": self.n,
         }
-        out.update({k: v for k, v in (("pre", self.pre), ("post", self.post)) if v is not None})
+        for key, value, est in (
+            ("pre", self.pre, self.pre_estimate),
+            ("post", self.post, self.post_estimate),
+        ):
+            if value is not None:
+                out[key] = value
+            if est is not None:
+                out[f"{key}_ci"] = est.as_list()
         return out
 
 
@@ -72,6 +86,8 @@ def pooled(rows: Iterable[MeasureRow]) -> dict[str, MeasureMean]:
             _weighted(pre),
             _weighted(post),
             len(post),
+            _interval(pre, first.case_id),
+            _interval(post, first.case_id),
         )
     return out
 
@@ -79,6 +95,27 @@ def pooled(rows: Iterable[MeasureRow]) -> dict[str, MeasureMean]:
 def _weighted(pairs: list[tuple[float, int]]) -> float | None:
     total = sum(w for _, w in pairs)
     return sum(v * w for v, w in pairs) / total if total else None
+
+
+def _interval(pairs: list[tuple[float, int]], case_id: str) -> Estimate | None:
+    """The weighted mean's bootstrap interval over the rows (cases; a general-ability row's
+    interval comes from its examples instead, see :func:`general_results`)."""
+    if not pairs or case_id == GENERAL_CASE:
+        return None
+    return mean_estimate([v for v, _ in pairs], [w for _, w in pairs])
+
+
+def general_results(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A general pseudo-case's task results as summaries show them: without the per-example
+    samples, with the headline's 95% interval over them (``ci``: ``[low, high]``)."""
+    out = {}
+    for task, result in details.get("general", {}).items():
+        shown = {k: v for k, v in result.items() if k != "samples"}
+        est = task_estimate(task, result)
+        if est is not None:
+            shown["ci"] = est.as_list()
+        out[task] = shown
+    return out
 
 
 def measure_means(rows: Iterable[MeasureRow]) -> dict[tuple[int, str], MeasureMean]:
@@ -191,7 +228,7 @@ def summarize_run(
             by_point[str(k)][measure] = mean.entry()
         summary["checkpoints"] = dict(by_point)
     general = sorted((r for r in cases if r.case_id == GENERAL_CASE), key=lambda r: r.checkpoint)
-    scores = {str(r.checkpoint): r.details["general"] for r in general if _has(r, "general")}
+    scores = {str(r.checkpoint): general_results(r.details) for r in general if _has(r, "general")}
     if scores:
         summary["general"] = scores
     held = [r.details["session_restore_bytes"] for r in general if _has(r, "session_restore_bytes")]

@@ -27,15 +27,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kedit.eval.formulas.classification import (
+    METRICS,
     accuracy,
     class_f1,
     confusion_matrix,
     mcc,
     weighted_f1,
 )
+from kedit.eval.formulas.uncertainty import Statistic
 from kedit.eval.general.task import (
     GENERAL_TASKS,
     POOL,
@@ -86,6 +89,7 @@ class ChoiceTask:
     demo: str | None = None
     reference: str = ""
     description: str = ""
+    unit: str = "examples"
 
     @property
     def relpath(self) -> str:
@@ -150,8 +154,28 @@ class ChoiceTask:
             **result,
             "shots": shots,
             "predicted": {w: predicted.get(w, 0) for w in self.choices},
+            "chance": self.chance({"labels": labels}),
             "protocol": self.protocol(shots, len(tests), len(pool), seed),
+            "samples": {"labels": labels, "preds": preds},
         }
+
+    def statistic(self, samples: dict[str, list]) -> tuple[int, Statistic]:
+        """The headline metric of a resample of the (label, prediction) pairs."""
+        labels, preds, k = samples["labels"], samples["preds"], len(self.choices)
+        metric = METRICS[self.metric]
+        return len(labels), lambda rows: np.asarray(
+            metric(confusion_matrix(labels, preds, k, rows))
+        )
+
+    def same_examples(self, a: dict[str, list], b: dict[str, list]) -> bool:
+        return a["labels"] == b["labels"]
+
+    def chance(self, samples: dict[str, list]) -> float:
+        """The best headline score of a constant answer on these examples (the majority class's
+        accuracy; 0 for MCC): what a model that ignores the input reaches."""
+        labels, k = samples["labels"], len(self.choices)
+        metric = METRICS[self.metric]
+        return max(float(metric(confusion_matrix(labels, [c] * len(labels), k))) for c in range(k))
 
 
 def choice_logprobs(

@@ -25,8 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from kedit.eval.formulas.uncertainty import Statistic
 from kedit.eval.general.task import GENERAL_TASKS, Result, chunks, data_file
 from kedit.model.lm import LanguageModel
 
@@ -115,6 +117,7 @@ def perplexity(
         "n": len(nlls),
         "n_tokens": n_tokens,
         "higher_is_better": False,
+        "samples": {"nll": [nll for nll, _ in nlls], "tokens": [n for _, n in nlls]},
     }
 
 
@@ -130,6 +133,19 @@ class PerplexityTask:
     max_tokens: int = 256
     description: str = ""
     metric: str = "perplexity"
+    unit: str = "texts"
+
+    def statistic(self, samples: dict[str, list]) -> tuple[int, Statistic]:
+        """The token-weighted corpus perplexity of a resample of the texts."""
+        nll = np.asarray(samples["nll"], dtype=np.float64)
+        tokens = np.asarray(samples["tokens"], dtype=np.float64)
+        return len(nll), lambda rows: np.exp(nll[rows].sum(-1) / tokens[rows].sum(-1))
+
+    def same_examples(self, a: dict[str, list], b: dict[str, list]) -> bool:
+        return a["tokens"] == b["tokens"]
+
+    def chance(self, samples: dict[str, list]) -> None:
+        return None
 
     def protocol(self, n: int) -> str:
         return (

@@ -13,6 +13,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kedit.env import default_data_dir
+from kedit.eval.formulas.uncertainty import (
+    Estimate,
+    Statistic,
+    draws,
+    estimate,
+    mean_of_draws,
+    seed_for,
+    value_of,
+)
 from kedit.model.lm import LanguageModel
 from kedit.registry import Registry
 
@@ -60,11 +69,29 @@ def chunks(n: int, size: int) -> list[range]:
 
 
 class GeneralTask(Protocol):
-    """A registered measure of general ability."""
+    """A registered measure of general ability.
+
+    Its result holds the headline ``score`` and the per-example ``samples`` it was computed
+    from, so that the score's interval and its change against another model on the same
+    examples can be bootstrapped (:func:`task_estimate`, :func:`change_estimate`)."""
 
     name: str
     description: str
     metric: str  # the headline measure
+    #: what the bootstrap resamples: ``examples`` or ``texts``
+    unit: str
+
+    def statistic(self, samples: dict[str, list]) -> tuple[int, Statistic]:
+        """(number of examples, the headline score of a resample of them)."""
+        ...
+
+    def same_examples(self, a: dict[str, list], b: dict[str, list]) -> bool:
+        """Whether two results' samples are of the same examples, in the same order."""
+        ...
+
+    def chance(self, samples: dict[str, list]) -> float | None:
+        """The score a constant answer gets on these examples (None: not a choice task)."""
+        ...
 
     def evaluate(
         self,
@@ -125,3 +152,52 @@ def general_ability(
             results[spec.name]["n"],
         )
     return results
+
+
+def task_estimate(task: str, result: Result) -> Estimate | None:
+    """A task result's headline score with its bootstrap interval over its examples (None for a
+    result stored without samples)."""
+    if "samples" not in result:
+        return None
+    spec = GENERAL_TASKS[task]
+    n, statistic = spec.statistic(result["samples"])
+    return estimate(statistic, n, spec.unit, seed=seed_for(task))
+
+
+def change_statistic(task: str, base: Result, edited: Result) -> tuple[int, Statistic] | None:
+    """The edited model's change from the unedited one on the same examples, as a statistic of
+    one resample of them: the difference where higher is better, the relative change where
+    lower is (perplexity). None without samples, or when the examples differ."""
+    spec = GENERAL_TASKS[task]
+    if "samples" not in base or "samples" not in edited:
+        return None
+    if not spec.same_examples(base["samples"], edited["samples"]):
+        return None
+    n, before = spec.statistic(base["samples"])
+    _, after = spec.statistic(edited["samples"])
+    if edited.get("higher_is_better", True):
+        return n, lambda rows: after(rows) - before(rows)
+    return n, lambda rows: after(rows) / before(rows) - 1
+
+
+def change_estimate(task: str, base: Result, edited: Result) -> Estimate | None:
+    """:func:`change_statistic` with its paired bootstrap interval."""
+    found = change_statistic(task, base, edited)
+    if found is None:
+        return None
+    n, statistic = found
+    return estimate(statistic, n, GENERAL_TASKS[task].unit, seed=seed_for(task))
+
+
+def mean_change_estimate(changes: dict[str, tuple[int, Statistic]]) -> Estimate | None:
+    """The mean of several tasks' changes (task -> :func:`change_statistic`), each task
+    resampled on its own examples (its own seed); n is the smallest task's."""
+    if not changes:
+        return None
+    parts = [
+        (value_of(statistic, n), draws(statistic, n, seed=seed_for(task)))
+        for task, (n, statistic) in changes.items()
+    ]
+    n = min(n for n, _ in changes.values())
+    units = "/".join(sorted({GENERAL_TASKS[t].unit for t in changes}))
+    return mean_of_draws(parts, n, units)
