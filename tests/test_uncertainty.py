@@ -16,6 +16,7 @@ from kedit.eval.formulas.uncertainty import (
     mean_estimate,
     paired_combination,
     resample_rows,
+    unseen_rate_bound,
     weighted_mean,
 )
 from kedit.eval.general import GENERAL_TASKS
@@ -169,3 +170,12 @@ def test_eval_summary_carries_intervals():
     assert entry["pre_ci"] == [0.0, 0.0]
     shown = summary["general"]["1"]["sst2"]
     assert "samples" not in shown and shown["ci"] == [1.0, 1.0]
+
+
+def test_unseen_rate_bound_is_the_exact_binomial_bound():
+    """When all n units agree, (1 - bound)^n = 5%: 0.95 for one unit (not 3/1 = 300%), 0.139
+    for 20, and close to the rule of three (3/n) for large n."""
+    assert unseen_rate_bound(1) == pytest.approx(0.95)
+    assert unseen_rate_bound(20) == pytest.approx(0.1391, abs=1e-4)
+    assert (1 - unseen_rate_bound(20)) ** 20 == pytest.approx(0.05)
+    assert unseen_rate_bound(1000) == pytest.approx(3 / 1000, rel=0.01)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from kedit.bench.general_change import GeneralChange, general_changes
 from kedit.bench.summary import BenchSummary, JobInfo
-from kedit.eval.formulas.uncertainty import Estimate, paired_combination
+from kedit.eval.formulas.uncertainty import Estimate, paired_combination, unseen_rate_bound
 from kedit.formatting import format_relative
 from kedit.methods import METHODS, display_name
 
@@ -94,7 +94,7 @@ class Test:
         if est.degenerate and est.n:
             text += (
                 f" (all {est.n} {est.unit} agree, so the interval is one point; up to "
-                f"{3 / est.n:.0%} of further ones could still differ)"
+                f"{unseen_rate_bound(est.n):.0%} of further ones could still differ)"
             )
         return text
 

@@ -13,8 +13,9 @@ against another on the same cases) resample the shared units once and take the d
 each resample, which is what makes small differences measurable at all.
 
 Known limit: when every unit agrees (20 cases that all succeed), every resample agrees too and
-the interval is the single value; the sample size still bounds what can be claimed ("rule of
-three": up to 3/n of further cases could fail at 95%), which the findings say where it matters.
+the interval is the single value; the sample size still bounds what can be claimed (up to
+1 - 0.05^(1/n) of further cases could fail at 95%, about 3/n for large n: the "rule of three";
+:func:`unseen_rate_bound`), which the findings say where it matters.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ class Estimate:
     def as_list(self) -> list[float]:
         """``[low, high]``, as results files store it."""
         return [self.low, self.high]
+
+
+def unseen_rate_bound(n: int, level: float = LEVEL) -> float:
+    """When all ``n`` units agree, the one-sided upper ``level`` bound on the rate at which
+    further units would not: ``1 - (1 - level)^(1/n)`` (exact binomial; about 3/n for large n,
+    the rule of three; 0.95 for one unit, 0.139 for 20)."""
+    return 1.0 - (1.0 - level) ** (1.0 / n)
 
 
 @lru_cache(maxsize=8)
