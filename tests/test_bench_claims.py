@@ -21,7 +21,15 @@ from kedit.bench.findings import (
 from kedit.bench.general_change import general_change_estimate, informative_tasks
 from kedit.bench.plan import BASELINE_JOB
 from kedit.bench.summary import BenchSummary
-from kedit.bench.verdicts import DOWNSTREAM_DEGRADE, LOCALITY_DROP, headline_difference
+from kedit.bench.verdicts import (
+    DOWNSTREAM_DEGRADE,
+    LOCALITY_DROP,
+    headline_difference,
+    verdict,
+)
+from kedit.bench.verdicts import (
+    Test as ClaimTest,
+)
 from kedit.eval.formulas.uncertainty import Estimate, paired_combination
 from tests.synthetic_bench import (
     BASELINE,
@@ -308,3 +316,15 @@ def test_perplexity_alone_is_a_degradation(rows):
     assert memit.numbers["memit_perplexity_change_10"] == pytest.approx(0.15)
     assert memit.numbers["memit_perplexity_change_10_low"] > 0.10
     assert memit.numbers["memit_downstream_change_10"] == pytest.approx(-0.005)
+
+
+def test_a_claim_with_a_part_held_and_a_part_failed_is_partly_supported_already():
+    """Undecided parts keep a claim inconclusive only while they could change its verdict: once
+    one part holds and another fails it is partly supported whatever the rest turn out to be."""
+    undecided = ClaimTest("x", Estimate(0.0, -0.2, 0.2, 20), 0.05, holds_above=True)
+    assert undecided.outcome is None
+    assert verdict([True, False, None], [undecided]) == (PARTLY, None)
+    assert verdict([True, None], [undecided])[0] == INCONCLUSIVE  # supported or partly
+    assert verdict([False, None], [undecided])[0] == INCONCLUSIVE  # partly or not supported
+    assert verdict([True, True], []) == (SUPPORTED, None)
+    assert verdict([False, False], []) == (NOT_SUPPORTED, None)

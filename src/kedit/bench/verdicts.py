@@ -245,9 +245,11 @@ def needed_sample(tests: Sequence[Test]) -> str:
 def verdict(
     parts: Sequence[bool | None], tests: Sequence[Test], mode: Mode = "each"
 ) -> tuple[str, str | None]:
-    """(verdict, sample needed) of a claim whose parts are ``parts``: inconclusive if one is
-    undecided, else :func:`combine`."""
-    if any(p is None for p in parts):
+    """(verdict, sample needed) of a claim whose parts are ``parts``: :func:`combine` of them,
+    or inconclusive while an undecided part could still change it (when one part holds and
+    another fails, the claim is partly supported whatever the undecided ones turn out to be)."""
+    decided = [bool(p) for p in parts if p is not None]
+    if len(decided) < len(parts) and not (any(decided) and not all(decided)):
         return INCONCLUSIVE, needed_sample(deciding(tests, mode))
     return combine([bool(p) for p in parts]), None
 
