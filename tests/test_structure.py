@@ -33,14 +33,23 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "kedit.env",
         "kedit.corpus",
         "kedit.formatting",
+        "kedit.figures",
     ),
     ("kedit.model",),
     ("kedit.data",),
     ("kedit.methods",),
     ("kedit.eval",),
+    ("kedit.locate",),
     ("kedit.bench",),
     ("kedit.api",),
-    ("kedit.console", "kedit.cli", "kedit.cli_common", "kedit.cli_eval", "kedit.cli_bench"),
+    (
+        "kedit.console",
+        "kedit.cli",
+        "kedit.cli_common",
+        "kedit.cli_eval",
+        "kedit.cli_bench",
+        "kedit.cli_trace",
+    ),
 )
 #: the package itself (``import kedit``) re-exports the public verbs: the top
 TOP = len(LAYERS)

@@ -7,7 +7,7 @@ Example:
 """
 
 from kedit._version import __version__
-from kedit.api import BenchPlan, EvalReport, edit, evaluate, load_model, run_bench
+from kedit.api import BenchPlan, EvalReport, edit, evaluate, load_model, run_bench, trace
 from kedit.data import DATASETS, load_dataset
 from kedit.env import Environment
 from kedit.eval.audit import audit
@@ -49,4 +49,5 @@ __all__ = [
     "parse_protocol",
     "register_arch",
     "run_bench",
+    "trace",
 ]

@@ -1,4 +1,4 @@
-"""The public verbs: ``load_model``, ``edit``, ``evaluate``, ``run_bench``.
+"""The public verbs: ``load_model``, ``edit``, ``evaluate``, ``run_bench``, ``trace``.
 
 Example::
 
@@ -10,6 +10,7 @@ Example::
         ...  # e.model is the edited model
     # the model is restored here, bit for bit
     report = kedit.evaluate(model, tok, "counterfact", "memit", protocol="sequential:1,10,20")
+    traced = kedit.trace(model, tok, request)  # causal traces; kedit.trace(model, tok, cases)
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from transformers import PreTrainedTokenizerBase
 from kedit.bench import BenchPlan, run_bench
 from kedit.env import Environment
 from kedit.eval.evaluate import EvalReport, EvalSetup, evaluate
+from kedit.locate.facts import TracedFacts, TraceOptions, trace_facts
 from kedit.methods import EditMethod, make_method
 from kedit.methods.edit import Edit
 from kedit.model.loading import load_model
-from kedit.types import EditRequest
+from kedit.types import EditCase, EditRequest
 
 RequestLike = EditRequest | Mapping[str, Any]
 
@@ -61,6 +63,24 @@ def edit(
     return editor.edit(model, tok, as_requests(requests))
 
 
+def trace(
+    model: Any,
+    tok: PreTrainedTokenizerBase,
+    facts: RequestLike | Sequence[RequestLike] | Sequence[EditCase],
+    options: TraceOptions | None = None,
+    *,
+    env: Environment | None = None,
+) -> TracedFacts:
+    """Causal traces (Meng et al. 2022) of one fact or many: requests (their prompt, subject and
+    ``target_true``, else the model's own answer) or cases (their first request).
+    ``kedit.locate.report.write_traces`` writes them as JSON, NPZ, heatmaps and a page."""
+    if isinstance(facts, Sequence) and facts and isinstance(facts[0], EditCase):
+        requests = [case.requests[0] for case in facts]
+    else:
+        requests = as_requests(facts)
+    return trace_facts(model, tok, requests, env or Environment(), options or TraceOptions())
+
+
 __all__ = [
     "BenchPlan",
     "EvalReport",
@@ -70,4 +90,5 @@ __all__ = [
     "evaluate",
     "load_model",
     "run_bench",
+    "trace",
 ]

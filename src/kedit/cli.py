@@ -14,6 +14,8 @@ Examples::
         --scenarios single,sequential:1,10,20 --out runs/bench
     kedit report runs/bench --csv
     kedit stats --method memit
+    kedit trace --prompt "{} is located in the city of" --subject "The Eiffel Tower"
+    kedit trace --dataset counterfact --limit 50 --out runs/trace
     kedit ls methods
 """
 
@@ -28,6 +30,7 @@ from kedit import api
 from kedit.cli_bench import add_bench_parsers, run_bench_command, run_report_command
 from kedit.cli_common import checked_overrides, common_options, environment, load
 from kedit.cli_eval import add_eval_parsers, run_audit, run_eval
+from kedit.cli_trace import add_trace_parser, run_trace
 from kedit.console import (
     format_predictions,
     markdown_measures,
@@ -84,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--layers", help="comma-separated layers (default: the method's)")
 
     add_bench_parsers(sub)
+    add_trace_parser(sub, common)
 
     ls = sub.add_parser("ls", help="list methods, metrics, datasets or models")
     ls.add_argument("what", choices=["methods", "metrics", "datasets", "models", "general"])
@@ -112,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "stats": run_stats,
             "bench": run_bench_command,
             "report": run_report_command,
+            "trace": run_trace,
         }
         return commands[args.command](args)
     except (ValueError, KeyError, OSError, ImportError) as err:
@@ -156,6 +161,11 @@ def run_stats(args: argparse.Namespace) -> int:
     if not isinstance(config, StatsConfig):
         raise ValueError(f"{args.method} uses no key statistics")
     layers = [int(x) for x in args.layers.split(",")] if args.layers else config.stats_layers()
+    if not layers:
+        raise ValueError(
+            f"{args.method} picks its layer per fact (layer=auto); name the layers to prepare "
+            "with --layers, e.g. --layers 4,5,6"
+        )
     paths = edited_layers(model, layers)
     start = time.perf_counter()
     stats = stats_for(model, tok, paths, env, config)

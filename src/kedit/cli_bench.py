@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from kedit.bench import BenchPlan, run_bench
-from kedit.bench.export import export_results
+from kedit.bench.export import export_results, export_sweeps
 from kedit.bench.plan import DEFAULT_GENERAL, read_plan_file
 from kedit.bench.report import write_report
 from kedit.bench.summary import summarize_bench
@@ -38,7 +38,9 @@ def add_bench_parsers(sub: Any) -> None:
     bench.add_argument(
         "--scenarios",
         help="editing protocols, e.g. single,batch:10,sequential:1,10,20,40 "
-        f"(sequential:...;batch=B edits B cases per update; default {DEFAULT_SCENARIOS})",
+        "(sequential:...;batch=B edits B cases per update; sweep:layer=0-29 edits every case "
+        "once per value of a method setting, with each fact's causal trace for a layer sweep; "
+        f"default {DEFAULT_SCENARIOS})",
     )
     bench.add_argument("--limit", type=int, help="first N cases (default 20)")
     bench.add_argument("--suite", help="measure suite: core (default) or pitfalls")
@@ -141,6 +143,10 @@ def run_report_command(args: argparse.Namespace) -> int:
         if flag is not None:
             path = Path(flag) if flag else out / f"results{suffix}"
             print(f"results: {export_results(out, path)}")
+            if suffix == ".csv":
+                sweeps = export_sweeps(out, path.with_name(f"{path.stem}_sweeps.csv"))
+                if sweeps is not None:
+                    print(f"sweeps: {sweeps}")
     return 0
 
 

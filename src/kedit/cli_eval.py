@@ -34,9 +34,9 @@ def add_eval_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
     ev.add_argument(
         "--protocol",
-        help="single (default), batch:B, or sequential:K1,K2,...[;batch=B][;scoring=immediate]"
-        " (kedit bench's scenarios); --sequential N and its options are a shorter way to write "
-        "the last",
+        help="single (default), batch:B, sequential:K1,K2,...[;batch=B][;scoring=immediate], or "
+        "sweep:KEY=V1-V2,V3 (e.g. sweep:layer=0-29) (kedit bench's scenarios); --sequential N "
+        "and its options are a shorter way to write sequential",
     )
     ev.add_argument(
         "--sequential",

@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.bench.driver import BenchOutcome
 from kedit.bench.summary import BenchSummary
+from kedit.bench.sweep import SWEEP_MEASURES, SweepAnalysis, correlation_sentence, sweep_analyses
 from kedit.bench.tables import HeadlineTable, headline_groups, headline_table
 from kedit.eval.evaluate import EvalReport
 from kedit.eval.metric import resolve_metrics
@@ -65,7 +66,11 @@ def format_summary(report: EvalReport) -> str:
     if bins:
         out += "\n\n" + format_reversion(bins)
     if len(s.get("checkpoints", {})) > 1:
-        out += "\n\n" + format_decay(s)
+        out += "\n\n" + format_decay(s["checkpoints"])
+    if s.get("sweep"):
+        key = s["sweep"]["key"]
+        title = f"each case edited with each {key} (unedited model in brackets):\n"
+        out += "\n\n" + format_decay(s["sweep"]["values"], key, title)
     if s.get("general"):
         out += "\n\n" + format_general(s["general"])
     return out
@@ -112,9 +117,13 @@ DECAY_COLUMNS = (
 )
 
 
-def format_decay(summary: dict) -> str:
-    """The main score of each group at every checkpoint of a sequential run."""
-    points = summary["checkpoints"]
+def format_decay(
+    points: dict[str, dict],
+    heading: str = "edits",
+    title: str = "after N edits, over the cases edited so far (unedited model in brackets):\n",
+) -> str:
+    """The main score of each group at every checkpoint of a sequential run (a summary's
+    ``checkpoints``), or at every value of a sweep."""
     columns = [c for c in DECAY_COLUMNS if any(c in m for m in points.values())]
     rows = [
         (
@@ -124,8 +133,7 @@ def format_decay(summary: dict) -> str:
         )
         for k, m in points.items()
     ]
-    title = "after N edits, over the cases edited so far (unedited model in brackets):\n"
-    return title + format_table(("edits", "cases", *columns), rows)
+    return title + format_table((heading, "cases", *columns), rows)
 
 
 def _decay_cell(values: dict) -> str:
@@ -205,6 +213,7 @@ def format_bench(summary: BenchSummary, outcome: BenchOutcome | None = None) -> 
         table = headline_table(summary, scenario)
         if table is not None:
             out.append(_format_headline_table(table))
+    out += [_format_sweep(a) for a in sweep_analyses(summary)]
     not_done = [
         f"  {j.job_id}: {j.status}" + (f": {j.note}" if j.note else "")
         for j in sorted(
@@ -246,6 +255,29 @@ def _format_headline_table(table: HeadlineTable) -> str:
     note += f"\nlower is better: {', '.join(lower)}" if lower else ""
     header = ("method", *map(table.heading, table.columns), "s/edit")
     return f"{table.title}\n" + format_table(header, rows) + note
+
+
+def _format_sweep(analysis: SweepAnalysis) -> str:
+    """A sweep by value, and for a layer sweep edit success against the causal trace."""
+    extra = analysis.measure not in (None, *SWEEP_MEASURES)
+    traced = any(p.trace_effect is not None for p in analysis.points)
+    header = [analysis.key, "cases", *SWEEP_MEASURES]
+    header += [str(analysis.measure)] if extra else []
+    header += ["MLP indirect effect"] if traced else []
+    rows = []
+    for p in analysis.points:
+        shown = [p.measures.get(m) for m in SWEEP_MEASURES]
+        shown += [p.success] if extra else []
+        shown += [p.trace_effect] if traced else []
+        cells = [
+            format_interval(None, None) if e is None else format_interval(e.value, e.as_list())
+            for e in shown
+        ]
+        rows.append((str(p.value), str(p.cases), *cells))
+    out = f"{analysis.job_id}\n" + format_table(header, rows)
+    if analysis.correlation is not None:
+        out += "\n" + correlation_sentence(analysis.correlation)
+    return out
 
 
 def markdown_methods() -> str:

@@ -2,7 +2,8 @@
 
 One row per job x case x measure x checkpoint: the result row, its job's method, method family,
 scenario, model, model fingerprint, seed and kedit version, and the case's edit time and edit
-memory.
+memory (a sweep's checkpoint is its value). :func:`export_sweeps` writes the sweeps' tables by
+value (:func:`kedit.bench.sweep.sweep_rows`) as CSV.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from kedit.bench.store import BenchStore
+from kedit.bench.summary import BenchSummary
+from kedit.bench.sweep import sweep_analyses, sweep_rows
 from kedit.methods import METHODS
 
 log = logging.getLogger(__name__)
@@ -101,9 +104,23 @@ def result_rows(store: BenchStore) -> list[dict[str, Any]]:
     return out
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def export_sweeps(bench_dir: str | Path, path: str | Path) -> Path | None:
+    """Write the sweeps of the bench in ``bench_dir`` by value (cases, each mean with its 95%
+    interval, edit success, the mean trace effect) to ``path`` as CSV; None, writing nothing,
+    when the bench has no sweep with results."""
+    rows = sweep_rows(sweep_analyses(BenchSummary.load(bench_dir)))
+    if not rows:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_csv(rows, path, list(rows[0]))
+    log.info("%d sweep rows written to %s", len(rows), path)
+    return path
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] | None = None) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=[name for name, _ in COLUMNS])
+        writer = csv.DictWriter(f, fieldnames=columns or [name for name, _ in COLUMNS])
         writer.writeheader()
         writer.writerows(rows)
 

@@ -7,11 +7,16 @@ A scenario is an editing protocol (:mod:`kedit.eval.protocols`), written as on t
   undone;
 * ``sequential:1,10,20,40``: the first 40 cases edited one after another without undoing; after
   1, 10, 20 and 40 edits the cases edited so far are scored, and the general-ability tasks
-  measured (the decay curves); ``;batch=B`` edits B cases per update.
+  measured (the decay curves); ``;batch=B`` edits B cases per update;
+* ``sweep:layer=0-29`` (or ``0,5,10``, ``0-3,8``): ``single`` once per value of a config field of
+  the method (here ROME's ``layer``), set on top of its config; a layer sweep also records each
+  case's causal trace on the unedited model, and the report sets edit success by layer against
+  it (Hase et al. 2023, :mod:`kedit.bench.sweep`). Methods without the field are not applicable.
 
 Each (method, scenario) is a job. A protocol cuts its work into *units*, the pieces the store
-commits at once (a case, a batch, a checkpoint), and *shards*, the pieces an executor hands to a
-worker (a few cases whose unedited scores share one batched pass; a whole sequence).
+commits at once (a case, a batch, a checkpoint, a case at one swept value), and *shards*, the
+pieces an executor hands to a worker (a few cases whose unedited scores share one batched pass,
+at every swept value; a whole sequence).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Decay curves as PNG images (matplotlib, an optional dependency: ``kedit[report]``).
+"""Decay curves and layer sweeps as PNG images (matplotlib, an optional dependency:
+``kedit[report]``).
 
 Figures are drawn on matplotlib's Agg canvas directly, without ``pyplot``, so nothing global
 (the backend, open figures) changes in the calling process.
@@ -6,24 +7,12 @@ Figures are drawn on matplotlib's Agg canvas directly, without ``pyplot``, so no
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
+from kedit.bench.sweep import SweepAnalysis
 from kedit.bench.tables import DecayPlot
-
-INSTALL_HINT = "pip install 'kedit[report]'"
-
-
-def require_matplotlib() -> Any:
-    """The ``matplotlib.figure`` module, or an ImportError saying how to install it."""
-    try:
-        from matplotlib import figure
-    except ImportError as err:
-        raise ImportError(
-            f"the bench report draws its decay curves with matplotlib: {INSTALL_HINT}"
-        ) from err
-    return figure
-
+from kedit.eval.formulas.uncertainty import Estimate
+from kedit.figures import new_figure, png_bytes
 
 #: a plot whose values span more than this factor gets a logarithmic y axis
 LOG_SCALE_RATIO = 100.0
@@ -32,11 +21,7 @@ LOG_SCALE_RATIO = 100.0
 def plot_png(plot: DecayPlot, dpi: int = 100) -> bytes:
     """``plot`` as a PNG: one line per method, the number of sequential edits on the x axis
     (0 is the unedited model)."""
-    figure = require_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    fig = figure.Figure(figsize=(5.6, 3.2), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(5.6, 3.2, dpi)
     ax = fig.add_subplot()
     markers = "osD^vP*Xh<>"
     for i, curve in enumerate(plot.curves):
@@ -53,9 +38,7 @@ def plot_png(plot: DecayPlot, dpi: int = 100) -> bytes:
     ax.set_title(plot.title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.legend(fontsize=7, loc="outside right upper")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def alt_text(plot: DecayPlot) -> str:
@@ -68,3 +51,55 @@ def alt_text(plot: DecayPlot) -> str:
     return f"{plot.title} against the number of sequential edits ({plot.scenario}): " + "; ".join(
         ends
     )
+
+
+def sweep_png(analysis: SweepAnalysis, dpi: int = 100) -> bytes:
+    """A sweep as a PNG: mean edit success by value with its 95% interval (left axis) and, for
+    a layer sweep, the traces' mean MLP indirect effect at each layer (right axis)."""
+    fig = new_figure(5.6, 3.2, dpi)
+    ax = fig.add_subplot()
+    _error_line(ax, analysis, "success", "C0", "o", f"edit success ({analysis.measure})")
+    ax.set_xlabel(analysis.key)
+    ax.set_ylabel(f"{analysis.measure} (higher is better)")
+    ax.set_xticks([p.value for p in analysis.points])
+    if any(p.trace_effect is not None for p in analysis.points):
+        right = ax.twinx()
+        _error_line(right, analysis, "trace_effect", "C1", "s", "MLP indirect effect")
+        right.set_ylabel("trace's MLP indirect effect")
+    ax.set_title(analysis.job_id, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.legend(fontsize=7, loc="outside lower center", ncols=2)
+    return png_bytes(fig)
+
+
+def _error_line(
+    ax: Any, analysis: SweepAnalysis, attr: str, colour: str, marker: str, label: str
+) -> None:
+    """One quantity of the sweep's points with its 95% intervals as error bars."""
+    found: list[tuple[int, Estimate]] = [
+        (p.value, est) for p in analysis.points if (est := getattr(p, attr)) is not None
+    ]
+    if not found:
+        return
+    xs = [x for x, _ in found]
+    ys = [e.value for _, e in found]
+    errors = [[e.value - e.low for _, e in found], [e.high - e.value for _, e in found]]
+    ax.errorbar(
+        xs, ys, yerr=errors, color=colour, marker=marker, markersize=4, capsize=2, label=label
+    )
+
+
+def sweep_alt_text(analysis: SweepAnalysis) -> str:
+    """A description of :func:`sweep_png` for readers who cannot see it: each value's edit
+    success and trace effect."""
+    parts = []
+    for p in analysis.points:
+        text = (
+            f"{analysis.key} {p.value}: success {p.success.value:.3g}"
+            if p.success
+            else f"{analysis.key} {p.value}"
+        )
+        if p.trace_effect is not None:
+            text += f", trace effect {p.trace_effect.value:.3g}"
+        parts.append(text)
+    return f"edit success by {analysis.key} ({analysis.job_id}): " + "; ".join(parts)

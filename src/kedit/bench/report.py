@@ -5,8 +5,9 @@ The page (inline CSS, images as base64 PNG, no script, nothing fetched) holds: t
 the headline measures, general ability and edit time per edit at the last checkpoint); per
 scenario a table of methods by measures, grouped as the survey groups them, per checkpoint for
 batch and sequential; the jobs that were not applicable and why; decay curves against the number
-of sequential edits; the cost per edit; the survey's claims checked (:mod:`kedit.bench.findings`);
-and the measures skipped.
+of sequential edits; for each layer sweep, edit success by layer against the causal trace
+(:mod:`kedit.bench.report_sweep`); the cost per edit; the survey's claims checked
+(:mod:`kedit.bench.findings`); and the measures skipped.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from kedit.bench.findings import Finding, evaluate_claims
-from kedit.bench.plots import alt_text, plot_png, require_matplotlib
+from kedit.bench.plots import alt_text, plot_png
 from kedit.bench.report_findings import findings_section
+from kedit.bench.report_sweep import sweep_section
 from kedit.bench.summary import BenchSummary
 from kedit.bench.tables import (
     HeadlineRow,
@@ -32,6 +34,7 @@ from kedit.bench.tables import (
     scenario_table,
 )
 from kedit.eval.formulas.uncertainty import Estimate
+from kedit.figures import require_matplotlib
 from kedit.formatting import MISSING, format_relative, format_value
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,7 @@ def render_report(summary: BenchSummary, findings: list[Finding]) -> str:
     for scenario in summary.scenarios():
         parts.append(_scenario_section(scenario_table(summary, scenario)))
     parts.append(_curves(summary))
+    parts.append(sweep_section(summary))
     parts.append(_costs(summary))
     parts.append(findings_section(summary, findings))
     parts.append(_skipped(summary))
@@ -238,10 +242,9 @@ def _signed(value: float) -> str:
 
 
 def _scenario_section(table: ScenarioTable) -> str:
-    kind = table.scenario.partition(":")[0]
     out = [f"<h2>Scenario {escape(table.scenario)}</h2>"]
     if table.rows:
-        out.append(_table_html(table, with_checkpoint=kind != "single"))
+        out.append(_table_html(table, _point_heading(table.scenario)))
     else:
         out.append('<p class="note">No results.</p>')
     if table.not_applicable:
@@ -253,8 +256,17 @@ def _scenario_section(table: ScenarioTable) -> str:
     return "\n".join(out)
 
 
-def _table_html(table: ScenarioTable, with_checkpoint: bool) -> str:
-    lead = ["method"] + (["edits"] if with_checkpoint else [])
+def _point_heading(scenario: str) -> str | None:
+    """The heading of a scenario table's checkpoint column: none for single, the swept key
+    for a sweep (its value), else the number of edits."""
+    kind, _, rest = scenario.partition(":")
+    if kind == "single":
+        return None
+    return rest.partition("=")[0] if kind == "sweep" else "edits"
+
+
+def _table_html(table: ScenarioTable, point: str | None) -> str:
+    lead = ["method"] + ([point] if point else [])
     head1 = "".join(f'<th rowspan="2" scope="col">{escape(h)}</th>' for h in lead)
     for group, cols in groupby(table.columns, key=lambda c: c.group):
         head1 += f'<th colspan="{len(list(cols))}" scope="colgroup">{escape(group)}</th>'
@@ -275,7 +287,7 @@ def _table_html(table: ScenarioTable, with_checkpoint: bool) -> str:
         for row in rows:
             label = row.label + (" (incomplete)" if row.incomplete else "")
             cells = f'<th scope="row">{escape(label)}</th>'
-            if with_checkpoint:
+            if point:
                 cells += f'<td class="num">{checkpoint}</td>'
             for i, (value, top) in enumerate(zip(row.values, best)):
                 is_best = row.label != "unedited" and value is not None and value == top

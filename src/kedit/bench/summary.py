@@ -10,7 +10,7 @@ Everything here is a pure function of the rows :class:`~kedit.bench.store.BenchS
 * :func:`choose_headlines`: the measure that stands for each group (reliability,
   generalization, locality, portability), the first of :data:`HEADLINE_PREFERENCE` present;
 * per job, the median edit time per edit, edit memory per update and evaluation time per case
-  (:class:`JobCost`);
+  (:class:`JobCost`); per layer-sweep job, each case's causal trace (:func:`case_traces`);
 * :class:`BenchSummary`: all of the above plus the jobs and the plan's method order. Tables and
   decay curves are drawn from it by :mod:`kedit.bench.tables`.
 """
@@ -113,6 +113,17 @@ def general_results(cases: Iterable[dict[str, Any]]) -> dict[tuple[str, int], di
     return out
 
 
+def case_traces(cases: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """job -> case -> the case's causal trace on the unedited model, which a layer sweep keeps
+    in its case rows' details (the same at every value)."""
+    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for row in cases:
+        trace = (row.get("details") or {}).get("trace")
+        if trace is not None:
+            out[row["job_id"]].setdefault(row["case_id"], trace)
+    return dict(out)
+
+
 # -- jobs and the summary ----------------------------------------------------------------------
 
 
@@ -130,7 +141,8 @@ class JobInfo:
 
     @property
     def kind(self) -> str:
-        """``single``, ``batch``, ``sequential``, or ``baseline`` for the unedited model's job."""
+        """``single``, ``batch``, ``sequential``, ``sweep``, or ``baseline`` for the unedited
+        model's job."""
         if self.job_id == BASELINE_JOB:
             return "baseline"
         return self.scenario.partition(":")[0]
@@ -169,6 +181,8 @@ class BenchSummary:
     rows: dict[str, list[MeasureRow]] = field(default_factory=dict)
     #: (job, checkpoint) -> general-ability task results, with their per-example samples
     general_detail: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    #: job -> case -> its causal trace on the unedited model (layer sweeps)
+    traces: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     _by_job: dict[str, list[MeasureMean]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -205,6 +219,7 @@ class BenchSummary:
             plan=dict(plan or {}),
             rows=dict(rows),
             general_detail=general_results(cases),
+            traces=case_traces(cases),
         )
 
     @classmethod

@@ -82,8 +82,8 @@ class TableRow:
 
 @dataclass(frozen=True)
 class ScenarioTable:
-    """Methods by measures for one scenario (per checkpoint for batch and sequential), with the
-    unedited model's values as the first row of each checkpoint."""
+    """Methods by measures for one scenario (per checkpoint for batch and sequential, per value
+    for a sweep), with the unedited model's values as the first row of each checkpoint."""
 
     scenario: str
     columns: tuple[Column, ...]
@@ -239,7 +239,10 @@ def headline_groups(summary: BenchSummary) -> list[str]:
 
 def headline_table(summary: BenchSummary, scenario: str) -> HeadlineTable | None:
     """``scenario`` at a glance (see :class:`HeadlineTable`), built from its
-    :func:`scenario_table`; None when it has no results."""
+    :func:`scenario_table`; None when it has no results, or for a sweep, whose values have no
+    last one to stand for them (its glance is per value: :mod:`kedit.bench.sweep`)."""
+    if scenario.startswith("sweep"):
+        return None
     table = scenario_table(summary, scenario)
     if not table.rows:
         return None

@@ -81,9 +81,11 @@ class BenchWorker:
         if job.job_id == BASELINE_JOB:
             info = model_info(engine.model, engine.env) | {"protocol": str(job.protocol)}
         else:
+            editor = self._editor(job.method)
+            if job.protocol.why_not(type(editor)) is None:  # else the job is not applicable
+                engine.check_protocol(job.protocol)  # refuses a layer sweep past the last layer
             metrics, skipped = self._metrics(job.protocol)
             cases = self._job_cases(job.protocol)
-            editor = self._editor(job.method)
             info = run_info(
                 engine.model, editor, self.plan.dataset, cases, metrics, engine.env, job.protocol
             )

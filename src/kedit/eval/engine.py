@@ -3,11 +3,11 @@
 :class:`Engine` holds what a run measures and on what (the model, the cases, the general-ability
 tasks) and runs the protocols of :mod:`kedit.eval.protocols`, each written once
 (:meth:`Engine.run`), from a few primitives: the unedited scores of some cases (batched,
-optionally cached across jobs), one case edited in its steps, one batch in one update, a
-sequence of accumulating edits, and general ability at a checkpoint. Each yields or returns the
-rows of :mod:`kedit.eval.rows`. Nothing here asks which method ran. ``kedit eval`` and
-``kedit bench`` run their work through it alike.
-
+optionally cached across jobs), one case edited in its steps (once per value of a sweep, with
+the case's causal trace for a layer sweep), one batch in one update, a sequence of accumulating
+edits, and general ability at a checkpoint. Each yields or returns the rows of
+:mod:`kedit.eval.rows`. Nothing here asks which method ran. ``kedit eval`` and ``kedit bench``
+run their work through it alike.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from kedit.env import Environment
 from kedit.eval.cost import MemoryUse, measure_memory
 from kedit.eval.general import general_ability
 from kedit.eval.metric import GENERAL_GROUP, Metric, needs_of
+from kedit.eval.number_lists import format_ranges
 from kedit.eval.protocols import (
     PRE_BATCH,
     Batch,
@@ -31,6 +32,7 @@ from kedit.eval.protocols import (
     Sequential,
     Shard,
     Single,
+    Sweep,
 )
 from kedit.eval.rows import (
     GENERAL_CASE,
@@ -42,12 +44,15 @@ from kedit.eval.rows import (
     batch_unit,
     case_unit,
     checkpoint_unit,
+    sweep_unit,
 )
-from kedit.eval.scored import case_details, case_measures, edit_infos, requests_of
+from kedit.eval.scored import edit_cost, requests_of, scored_unit
 from kedit.eval.scoring import Needs, ProbeResult, score_probes
 from kedit.methods import EditMethod, EditSession
+from kedit.methods._trace import subject_mlp_trace
 from kedit.methods.edit import Edit
-from kedit.model.lm import LanguageModel, as_language_model, model_device
+from kedit.model.arch import num_layers
+from kedit.model.lm import LanguageModel, as_language_model, hf_module, model_device
 from kedit.types import EditCase
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,8 @@ class Engine:
         self.by_id = {c.case_id: c for c in cases}
         self.general, self.general_limit = list(general), general_limit
         self._cache: dict[tuple, Scores] | None = {} if cache_unedited else None
+        #: case id -> its causal trace on the unedited model (layer sweeps)
+        self._traces: dict[str, dict[str, Any]] = {}
         #: seconds spent scoring the unedited model
         self.unedited_time_s = 0.0
 
@@ -105,8 +112,7 @@ class Engine:
                 self.unedited_time_s += time.perf_counter() - t0
                 if self._cache is not None:
                     self._cache[key] = scored
-            for case_id, results in scored.items():
-                out[case_id] = [ProbeResult(r.probe, pre=r.pre) for r in results]
+            out.update(_fresh(scored))
         return out
 
     def _score(
@@ -132,6 +138,7 @@ class Engine:
             Single: self._single,
             Batch: self._batch,
             Sequential: self.sequence,
+            Sweep: self._sweep,
             GeneralBaseline: self._baseline,
         }
         yield from runners[type(protocol)](protocol, method, metrics, shard)
@@ -160,6 +167,59 @@ class Engine:
                 yield Progress(len(batch))
                 yield unit
 
+    def _sweep(
+        self, protocol: Sweep, method: EditMethod, metrics: list[Metric], shard: Shard
+    ) -> Iterator[Event]:
+        """``single`` once per value: each case edited with the protocol's key set to the value
+        on top of ``method``'s config. A layer sweep also keeps each case's causal trace (on the
+        unedited model, before any edit) in its rows' details."""
+        self.check_protocol(protocol)
+        cases = self.cases_of(shard.case_ids)
+        unedited = self.unedited(cases, metrics)
+        todo = {
+            v: [c for c in cases if sweep_unit(v, c.case_id) in shard.units]
+            for v in protocol.values
+        }
+        traced = (
+            {c.case_id: c for cs in todo.values() for c in cs} if protocol.key == "layer" else {}
+        )
+        traces = {case_id: self.layer_trace(case) for case_id, case in traced.items()}
+        for value, pending in ((v, cs) for v, cs in todo.items() if cs):
+            editor = method.with_overrides({protocol.key: value})
+            scores = _fresh(unedited)  # edit_case fills these: no value sees another's scores
+            for case in pending:
+                key = sweep_unit(value, case.case_id)
+                unit = self.edit_case(case, editor, metrics, scores, key, checkpoint=value)
+                for row in unit.cases:
+                    row.details = {**(row.details or {}), **traces.get(case.case_id, {})}
+                yield Progress(1)
+                yield unit
+
+    def check_protocol(self, protocol: Protocol) -> None:
+        """Refuse, before anything is edited, what only the model can rule out: a layer sweep
+        past the model's last layer."""
+        if not isinstance(protocol, Sweep) or protocol.key != "layer":
+            return
+        depth = num_layers(hf_module(self.model))
+        beyond = [v for v in protocol.values if v >= depth]
+        if beyond:
+            raise ValueError(
+                f"{protocol}: layer {format_ranges(beyond)} is past the model's last layer: "
+                f"it has {depth} layers, 0-{depth - 1}"
+            )
+
+    def layer_trace(self, case: EditCase) -> dict[str, Any]:
+        """``{"trace": ...}``: the MLP causal trace of the case's first request on the unedited
+        model (computed once per case), or ``{"trace_error": ...}`` if it cannot be traced."""
+        if case.case_id not in self._traces:
+            try:
+                trace = subject_mlp_trace(self.model, self.tok, case.requests[0], self.env)
+                self._traces[case.case_id] = {"trace": trace.to_dict()}
+            except Exception as err:  # a case that cannot be traced is still edited and scored
+                log.warning("case %s could not be traced: %s", case.case_id, err)
+                self._traces[case.case_id] = {"trace_error": _error(err)}
+        return self._traces[case.case_id]
+
     def _baseline(
         self, protocol: Protocol, method: EditMethod | None, metrics: list[Metric], shard: Shard
     ) -> Iterator[Event]:
@@ -168,11 +228,19 @@ class Engine:
     # -- the protocols' steps --------------------------------------------------------------------
 
     def edit_case(
-        self, case: EditCase, method: EditMethod, metrics: list[Metric], scores: Scores
+        self,
+        case: EditCase,
+        method: EditMethod,
+        metrics: list[Metric],
+        scores: Scores,
+        key: str | None = None,
+        checkpoint: int = 1,
     ) -> Unit:
         """Edit one case on the unedited model in its steps, score it after the first step
         (where a measure reads that) and after the last, undo the edit; where a measure reads
-        it, apply the last step alone to the unedited model and score that too."""
+        it, apply the last step alone to the unedited model and score that too. ``key``: the
+        unit's key (default the case's), ``checkpoint``: its rows' (a sweep's value)."""
+        key = case_unit(case.case_id) if key is None else key
         needs = needs_of(metrics)
         steps, edits, eval_time, edit_time, peak = case.edit_steps, [], 0.0, 0.0, None
         try:
@@ -194,11 +262,10 @@ class Engine:
                     eval_time += self._score(session.lm, [case], needs, "alone", scores)
         except Exception as err:  # one failing case must not end a run of thousands
             log.warning("case %s failed: %s", case.case_id, err)
-            row = CaseRow(case.case_id, 1, error=_error(err), details=requests_of([case]))
-            return Unit(case_unit(case.case_id), [row])
-        cost = _cost(peak, edit_time, edits)
-        key = case_unit(case.case_id)
-        return self._scored_unit(key, 1, [case], {case.case_id: cost}, eval_time, metrics, scores)
+            row = CaseRow(case.case_id, checkpoint, error=_error(err), details=requests_of([case]))
+            return Unit(key, [row])
+        cost = {case.case_id: edit_cost(peak, edit_time, edits)}
+        return scored_unit(key, checkpoint, [case], cost, eval_time, metrics, scores)
 
     def edit_batch(
         self,
@@ -222,9 +289,9 @@ class Engine:
                 for c, d in zip(batch, details)
             ]
             return Unit(key, rows)
-        cost = _cost(memory, took / len(batch), edits)
+        cost = edit_cost(memory, took / len(batch), edits)
         costs = dict.fromkeys((c.case_id for c in batch), cost)
-        return self._scored_unit(key, len(batch), batch, costs, eval_time, metrics, scores)
+        return scored_unit(key, len(batch), batch, costs, eval_time, metrics, scores)
 
     def sequence(
         self, protocol: Sequential, method: EditMethod, metrics: list[Metric], shard: Shard
@@ -246,7 +313,7 @@ class Engine:
                 batch = cases[start : start + protocol.batch_size]
                 requests = [r for case in batch for r in case.requests]
                 memory, took, edits = self._update(session, requests, method)
-                cost = _cost(memory, took / len(batch), edits)
+                cost = edit_cost(memory, took / len(batch), edits)
                 costs.update(dict.fromkeys((c.case_id for c in batch), cost))
                 yield Progress(len(batch))
                 edited = start + len(batch)
@@ -254,7 +321,7 @@ class Engine:
                     continue
                 scored = cases[:edited] if protocol.scoring == "final" else batch
                 eval_time = self._score(session.lm, scored, needs, "post", scores)
-                unit = self._scored_unit(
+                unit = scored_unit(
                     points[edited], edited, scored, costs, eval_time, metrics, scores
                 )
                 general = self.general if protocol.measures_general(edited) else []
@@ -315,35 +382,12 @@ class Engine:
             took = time.perf_counter() - t0
         return memory, took, edits
 
-    def _scored_unit(
-        self,
-        key: str,
-        checkpoint: int,
-        cases: Sequence[EditCase],
-        costs: dict[str, dict[str, Any]],
-        eval_time: float,
-        metrics: list[Metric],
-        scores: Scores,
-    ) -> Unit:
-        """Case and measure rows of scored ``cases``, with each case's cost (by case id)."""
-        unit = Unit(key)
-        for case in cases:
-            cost = dict(costs[case.case_id])
-            results = scores[case.case_id]
-            details = {**requests_of([case]), **case_details(results)}
-            if cost.get("edit"):
-                details["edit"] = cost["edit"]
-            cost.pop("edit", None)
-            unit.cases.append(
-                CaseRow(case.case_id, checkpoint, eval_time_s=eval_time, details=details, **cost)
-            )
-            unit.measures += case_measures(case.case_id, checkpoint, results, metrics)
-        return unit
 
-
-def _cost(memory: MemoryUse, seconds: float, edits: Sequence[Edit]) -> dict[str, Any]:
-    """A case's cost: its share of the update's time, the update's memory, the edits' figures."""
-    return {"edit_time_s": seconds, **memory.as_row(), "edit": edit_infos(edits)}
+def _fresh(scores: Scores) -> Scores:
+    """Copies of unedited scores, to be filled with scores after editing."""
+    return {
+        case_id: [ProbeResult(r.probe, pre=r.pre) for r in rs] for case_id, rs in scores.items()
+    }
 
 
 def _extra(memory: MemoryUse) -> int:

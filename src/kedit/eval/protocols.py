@@ -10,6 +10,8 @@
   measured: the decay curves. With ``immediate`` scoring (one K), each update's cases are scored
   right after it (EasyEdit's sequential mode since 2026-06), which measures the edit, not its
   survival;
+* :class:`Sweep` (``sweep:layer=0-3,8``): ``single`` once per value of a config field of the
+  method, set on top of its config (ranges inclusive); the rows' checkpoint is the value;
 * :class:`GeneralBaseline` (``general``): the unedited model's general ability, checkpoint 0 of
   every sequential curve.
 
@@ -29,7 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from kedit.eval.rows import batch_unit, case_unit, checkpoint_unit, edit_unit
+from kedit.eval.number_lists import format_ranges, parse_counts, parse_ranges
+from kedit.eval.rows import batch_unit, case_unit, checkpoint_unit, edit_unit, sweep_unit
 from kedit.methods.base import EditMethod, batch_error
 from kedit.registry import Registry
 
@@ -245,6 +248,45 @@ class Sequential(Protocol):
 
 
 @dataclass(frozen=True)
+class Sweep(Protocol):
+    """``single`` once per value of the method's config field ``key`` (set on top of the
+    method's config); each row's checkpoint is the value."""
+
+    key: str
+    values: tuple[int, ...]
+    kind: ClassVar[str] = "sweep"
+    runs_steps: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if not self.key.isidentifier():
+            raise ValueError(f"a sweep sets a config field, e.g. sweep:layer=0-3; got {self.key!r}")
+        values = self.values
+        if not values or list(values) != sorted(set(values)) or values[0] < 0:
+            raise ValueError(f"sweep values must be increasing whole numbers >= 0, got {values}")
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.key}={format_ranges(self.values)}"
+
+    def describe(self) -> str:
+        return f"{self}: single (edit, score, undo) once per value of {self.key}"
+
+    def why_not(self, method: type[EditMethod]) -> str | None:
+        if self.key not in method.config_cls.field_names():
+            return f"{method.name} has no config field {self.key!r} for {self} to set"
+        try:
+            for value in self.values:
+                method.config_cls.checked({self.key: value})
+        except ValueError as err:
+            return f"{self}: {err}"
+        return None
+
+    def pieces(self, case_ids: Sequence[str]) -> list[tuple[tuple[str, ...], list[str]]]:
+        # a shard covers every value of its cases: their unedited scores are computed once
+        chunks = _chunked(case_ids, PRE_BATCH)
+        return [(c, [sweep_unit(v, i) for v in self.values for i in c]) for c in chunks]
+
+
+@dataclass(frozen=True)
 class GeneralBaseline(Protocol):
     """The unedited model's general ability: checkpoint 0 of the sequential curves."""
 
@@ -270,7 +312,7 @@ def _parse_single(rest: str) -> Protocol:
 
 
 def _parse_batch(rest: str) -> Protocol:
-    sizes = _numbers(rest, "batch:B")
+    sizes = parse_counts(rest, "batch:B")
     if len(sizes) != 1:
         raise ValueError("write batch:B with one batch size")
     return Batch(sizes[0])
@@ -278,7 +320,7 @@ def _parse_batch(rest: str) -> Protocol:
 
 def _parse_sequential(rest: str) -> Protocol:
     points, *options = rest.split(";")
-    numbers = _numbers(points, "sequential:K1,K2,...")
+    numbers = parse_counts(points, "sequential:K1,K2,...")
     if not numbers:
         raise ValueError("write sequential:K1,K2,... (edit counts)")
     settings: dict[str, str] = {}
@@ -287,20 +329,17 @@ def _parse_sequential(rest: str) -> Protocol:
         if not sep or key.strip() not in ("batch", "scoring"):
             raise ValueError(f"unknown sequential option {option!r}: use batch=B or scoring=...")
         settings[key.strip()] = value.strip()
-    batch = _numbers(settings.get("batch", "1"), "batch=B")
+    batch = parse_counts(settings.get("batch", "1"), "batch=B")
     if len(batch) != 1:
         raise ValueError("write batch=B with one batch size")
     return Sequential(tuple(sorted(set(numbers))), batch[0], settings.get("scoring", "final"))
 
 
-def _numbers(text: str, form: str) -> list[int]:
-    try:
-        numbers = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"sizes must be whole numbers ({form})") from None
-    if any(n < 1 for n in numbers):
-        raise ValueError(f"sizes must be at least 1 ({form})")
-    return numbers
+def _parse_sweep(rest: str) -> Protocol:
+    key, sep, values = rest.partition("=")
+    if not sep or not key.strip():
+        raise ValueError("write sweep:KEY=VALUES, e.g. sweep:layer=0-29 or sweep:layer=0,5,10")
+    return Sweep(key.strip(), parse_ranges(values))
 
 
 #: the protocols a user names, by the first word of their text form
@@ -308,20 +347,23 @@ PROTOCOLS: Registry = Registry("protocol")
 PROTOCOLS.register("single", _parse_single, "each case edited on the unedited model")
 PROTOCOLS.register("batch", _parse_batch, "batch:B: B cases per update")
 PROTOCOLS.register("sequential", _parse_sequential, "sequential:K1,K2[;batch=B][;scoring=...]")
+PROTOCOLS.register("sweep", _parse_sweep, "sweep:KEY=V1-V2,V3: single once per value of KEY")
 
 
 #: the order of protocols in tables
-TABLE_ORDER = ("single", "batch", "sequential")
+TABLE_ORDER = ("single", "batch", "sequential", "sweep")
 
 
 def parse_protocol(text: str | Protocol) -> Protocol:
     """A protocol from its text form (``single``, ``batch:10``, ``sequential:1,10,20``,
-    ``sequential:100,1000;batch=100``, ``sequential:20;scoring=immediate``)."""
+    ``sequential:100,1000;batch=100``, ``sequential:20;scoring=immediate``, ``sweep:layer=0-5``)."""
     if isinstance(text, Protocol):
         return text
     kind, _, rest = text.strip().partition(":")
     if kind not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {text!r}: use single, batch:B or sequential:K1,K2,...")
+        raise ValueError(
+            f"unknown protocol {text!r}: use single, batch:B, sequential:K1,K2,... or sweep:KEY=V"
+        )
     try:
         return PROTOCOLS[kind](rest.strip())
     except ValueError as err:
@@ -343,11 +385,16 @@ def parse_protocols(text: str) -> list[Protocol]:
 
 
 def order_key(protocol: Protocol | str) -> tuple[int, tuple[int, ...], str]:
-    """Single first, then batch by size, then sequential by checkpoints: the order of tables."""
+    """Single first, then batch by size, sequential by checkpoints, sweeps by their values: the
+    order of tables."""
     try:
         parsed = parse_protocol(protocol)
     except ValueError:
         return (len(TABLE_ORDER), (), str(protocol))
-    sizes = {Batch: lambda p: (p.size,), Sequential: lambda p: p.checkpoints}
+    sizes = {
+        Batch: lambda p: (p.size,),
+        Sequential: lambda p: p.checkpoints,
+        Sweep: lambda p: p.values,
+    }
     rank = TABLE_ORDER.index(parsed.kind)
     return (rank, sizes.get(type(parsed), lambda p: ())(parsed), str(parsed))

@@ -18,7 +18,8 @@ the general-ability tasks, its case row holds their full results and the time th
 SQLite (:mod:`kedit.bench.store`): two sinks of the same rows.
 
 ``checkpoint`` is the number of cases edited into the model when it was scored: 1 for single
-edits, the batch's size for a batch, K at a sequential checkpoint.
+edits, the batch's size for a batch, K at a sequential checkpoint; under a sweep, the swept
+value the case was edited with (its layer, for ``sweep:layer=...``).
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ Event = Unit | Progress
 
 def case_unit(case_id: str) -> str:
     return case_id
+
+
+def sweep_unit(value: int, case_id: str) -> str:
+    """The unit of one case edited with a sweep's value (:class:`~kedit.eval.protocols.Sweep`)."""
+    return f"value={value}@{case_id}"
 
 
 def batch_unit(first_case_id: str) -> str:

@@ -1,15 +1,16 @@
 """The rows of a scored case: one measure row per metric its probes feed, and the details its
 numbers alone do not show (its requests, the edit's own figures, dialogue turns, a sampled
-text)."""
+text); :func:`scored_unit` puts them with each case's cost into a unit."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from kedit.eval.cost import MemoryUse
 from kedit.eval.measures.pitfalls import dialogue_details
 from kedit.eval.metric import Metric
-from kedit.eval.rows import MeasureRow
+from kedit.eval.rows import CaseRow, MeasureRow, Unit
 from kedit.eval.scoring import ProbeResult
 from kedit.methods.edit import Edit
 from kedit.types import EditCase
@@ -67,3 +68,34 @@ def edit_infos(edits: Sequence[Edit]) -> dict[str, Any] | list[dict[str, Any]]:
         for e in edits
     ]
     return infos[0] if len(infos) == 1 else infos
+
+
+def edit_cost(memory: MemoryUse, seconds: float, edits: Sequence[Edit]) -> dict[str, Any]:
+    """A case's cost: its share of the update's time, the update's memory, the edits' figures."""
+    return {"edit_time_s": seconds, **memory.as_row(), "edit": edit_infos(edits)}
+
+
+def scored_unit(
+    key: str,
+    checkpoint: int,
+    cases: Sequence[EditCase],
+    costs: dict[str, dict[str, Any]],
+    eval_time: float,
+    metrics: list[Metric],
+    scores: dict[str, list[ProbeResult]],
+) -> Unit:
+    """Case and measure rows of scored ``cases``, with each case's cost (by case id, from
+    :func:`edit_cost`)."""
+    unit = Unit(key)
+    for case in cases:
+        cost = dict(costs[case.case_id])
+        results = scores[case.case_id]
+        details = {**requests_of([case]), **case_details(results)}
+        if cost.get("edit"):
+            details["edit"] = cost["edit"]
+        cost.pop("edit", None)
+        unit.cases.append(
+            CaseRow(case.case_id, checkpoint, eval_time_s=eval_time, details=details, **cost)
+        )
+        unit.measures += case_measures(case.case_id, checkpoint, results, metrics)
+    return unit

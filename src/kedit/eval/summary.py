@@ -15,7 +15,7 @@ from kedit.eval.formulas import reversion_rate_by_confidence
 from kedit.eval.formulas.uncertainty import Estimate, mean_estimate
 from kedit.eval.general.task import task_estimate
 from kedit.eval.metric import group_rank
-from kedit.eval.protocols import Protocol, Sequential
+from kedit.eval.protocols import Protocol, Sequential, Sweep
 from kedit.eval.rows import GENERAL_CASE, CaseRow, MeasureRow
 
 
@@ -204,8 +204,9 @@ def summarize_run(
     protocol: Protocol,
     skipped: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A run's summary: each measure after all edits (each case at its last checkpoint), per
-    checkpoint for sequential runs, general ability per checkpoint, costs, analyses."""
+    """A run's summary: each measure after all edits (each case at its last checkpoint: a
+    sweep's last value), per checkpoint for sequential runs, per value for a sweep (``sweep``:
+    its key and values), general ability per checkpoint, costs, analyses."""
     per_case = [r for r in measures if r.case_id != GENERAL_CASE]
     last_point: dict[str, int] = {}
     for row in cases:
@@ -222,11 +223,14 @@ def summarize_run(
         "analyses": dialogue_analyses(r for r in final_cases if r.case_id != GENERAL_CASE),
         **{k: v for k, v in asdict(costs).items() if k.startswith("median_")},
     }
-    if isinstance(protocol, Sequential):
+    if isinstance(protocol, (Sequential, Sweep)):
         by_point: dict[str, dict[str, Any]] = defaultdict(dict)
         for (k, measure), mean in sorted(measure_means(per_case).items()):
             by_point[str(k)][measure] = mean.entry()
-        summary["checkpoints"] = dict(by_point)
+        if isinstance(protocol, Sweep):  # the checkpoints are the swept values
+            summary["sweep"] = {"key": protocol.key, "values": dict(by_point)}
+        else:
+            summary["checkpoints"] = dict(by_point)
     general = sorted((r for r in cases if r.case_id == GENERAL_CASE), key=lambda r: r.checkpoint)
     scores = {str(r.checkpoint): general_results(r.details) for r in general if _has(r, "general")}
     if scores:

@@ -9,16 +9,17 @@ whatever was recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from transformers import PreTrainedTokenizerBase
 
-from kedit.config import MethodConfig, resolve_config
+from kedit.config import PRESET_KEY, MethodConfig, resolve_config
 from kedit.env import Environment
 from kedit.methods.edit import Edit
 from kedit.model.arch import ARCHS, model_type_of, num_layers
@@ -83,6 +84,14 @@ class EditMethod(ABC):
             cls.config_cls, cls.presets or cls.name, types, num_layers(module), overrides
         )
         return cls(config, env)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> EditMethod:
+        """A new instance of this method, its config with ``overrides`` set on top (checked as
+        ``--set`` values are), in the same environment."""
+        checked = self.config_cls.checked(overrides)
+        if PRESET_KEY in checked:
+            raise ValueError("a preset is chosen when the method is built (for_model), not after")
+        return type(self)(dataclasses.replace(self.config, **checked), self.env)
 
     @abstractmethod
     def apply(

@@ -23,6 +23,7 @@ for fidelity (r-ROME fixes it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from transformers import PreTrainedTokenizerBase
 from kedit.methods._keys import subject_io
 from kedit.methods._stats import StatsConfig, stats_for
 from kedit.methods._templates import context_templates, fill, flatten
+from kedit.methods._trace import subject_mlp_trace
 from kedit.methods._value import ValueConfig, optimise_value
 from kedit.methods._weights import low_rank_delta
 from kedit.methods.base import EditMethod
@@ -46,16 +48,21 @@ class ROMEConfig(ValueConfig, StatsConfig):
     statistics fields are documented on :class:`ValueConfig` and :class:`StatsConfig`.
 
     Args:
-        layer: block whose MLP output projection is rewritten (negative counts from the end).
+        layer: block whose MLP output projection is rewritten (negative counts from the end),
+            or ``"auto"``: for each fact, the peak of its causal trace (the MLP outputs'
+            indirect effect at the subject's last token, on the unedited model; see
+            :mod:`kedit.methods._trace`). Hase et al. (2023) found that this peak predicts
+            where an edit succeeds poorly; ``kedit bench --scenarios sweep:layer=...`` measures
+            it on your model.
         mom2_adjustment: weigh the update by the inverse key second moment C^-1 (the paper);
             False uses C = I.
     """
 
-    layer: int = 17
+    layer: int | Literal["auto"] = 17
     mom2_adjustment: bool = True
 
     def stats_layers(self) -> list[int]:
-        return [self.layer]
+        return [] if self.layer == "auto" else [self.layer]
 
 
 class ROME(EditMethod):
@@ -78,14 +85,19 @@ class ROME(EditMethod):
         model = hf_module(model)
         (request,) = requests
         cfg = self.config
-        path = layer_path(model, "mlp_out", cfg.layer)
-        module = get_module(model, path)
+        layer = cfg.layer
         with edit.unedited():  # what is cached under the unedited model's fingerprint
+            if layer == "auto":
+                trace = subject_mlp_trace(model, tok, request, self.env)
+                layer = trace.peak
+                edit.info["layer_trace"] = trace.to_dict()
+            path = layer_path(model, "mlp_out", layer)
             templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
             mom2 = None
             if cfg.mom2_adjustment:
                 mom2 = stats_for(model, tok, [path], self.env, cfg)[path]
 
+        module = get_module(model, path)
         texts = [fill(t, request) for t in flatten(templates)]
         keys, outputs = subject_io(model, tok, texts, path)  # (templates, d_in), (templates, d_out)
         u = self._inverse_cov_times(mom2, keys.mean(0))  # C^-1 k*, (d_in,)
