@@ -206,3 +206,27 @@ def test_statistics_in_a_session_come_from_the_unedited_weights(method, override
     assert config.layer == 0
     unedited = stats_for(model, tokenizer, [path], expected_env, edit.config)[path]
     assert torch.equal(cached, unedited)
+
+
+def test_a_session_swaps_its_unedited_weights_in_only_to_fill_a_cache(tokenizer, env, monkeypatch):
+    """The unedited weights are copied back in only when a statistic or template is computed,
+    never on an edit whose caches are warm (a copy of every edited parameter, each edit)."""
+    from kedit.methods.session import EditSession
+
+    swaps = []
+    swap = EditSession.unedited_weights
+
+    def counting(self):
+        swaps.append(len(self._originals))
+        return swap(self)
+
+    monkeypatch.setattr(EditSession, "unedited_weights", counting)
+    model = tiny_model("llama")
+    with EditSession(model, tokenizer, env) as session:
+        session.edit(REQUEST, "rome", {**TINY["rome"], "layer": 1})
+        cold = len(swaps)
+        session.edit(OTHER, "rome", {**TINY["rome"], "layer": 1})
+        assert len(swaps) == cold  # templates and statistics were cached: nothing swapped
+        session.edit(OTHER, "rome", {**TINY["rome"], "layer": 0})
+        assert len(swaps) > cold and swaps[-1] == 1  # layer 0's statistics: on the unedited
+    assert cold >= 1

@@ -13,7 +13,8 @@ import hashlib
 import json
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +61,9 @@ class Environment:
         default_factory=weakref.WeakKeyDictionary, init=False, repr=False
     )
     _memo: dict[tuple, Any] = field(default_factory=dict, init=False, repr=False)
+    _compute_on: Callable[[], AbstractContextManager[None]] = field(
+        default=nullcontext, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir).expanduser()
@@ -77,10 +81,35 @@ class Environment:
         return self._fingerprints[model]
 
     def memo(self, key: tuple, compute: Callable[[], T]) -> T:
-        """An in-memory cache owned by this environment."""
+        """An in-memory cache owned by this environment; a miss is computed inside
+        :meth:`computing` (on the unedited weights, within :meth:`unedited_from`)."""
         if key not in self._memo:
-            self._memo[key] = compute()
+            with self.computing():
+                self._memo[key] = compute()
         return self._memo[key]
+
+    @contextmanager
+    def unedited_from(self, weights: Callable[[], AbstractContextManager[None]]) -> Iterator[None]:
+        """Inside this block, what is computed for a cache keyed by the unedited model's
+        fingerprint (a :meth:`memo` miss, key statistics) runs inside ``weights()``, a session's
+        swap to its unedited weights: the swap happens only when something is computed, not
+        on every edit whose caches are warm."""
+        previous, self._compute_on = self._compute_on, weights
+        try:
+            yield
+        finally:
+            self._compute_on = previous
+
+    @contextmanager
+    def computing(self) -> Iterator[None]:
+        """Compute something cached under the unedited fingerprint: inside the weights of
+        :meth:`unedited_from` (once, however deeply computations nest)."""
+        weights, self._compute_on = self._compute_on, nullcontext
+        try:
+            with weights():
+                yield
+        finally:
+            self._compute_on = weights
 
 
 def model_fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:

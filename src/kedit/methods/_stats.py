@@ -148,17 +148,18 @@ def second_moments(
     missing = [p for p, c in result.items() if c is None]
     if missing:
         docs = corpus.sample(n_samples, env.seed)
-        computed, tokens = _accumulate(
-            model,
-            tok,
-            missing,
-            docs,
-            DTYPES[dtype],
-            max_length,
-            max_tokens,
-            batch_tokens,
-            env.progress,
-        )
+        with env.computing():  # on the unedited weights inside a session
+            computed, tokens = _accumulate(
+                model,
+                tok,
+                missing,
+                docs,
+                DTYPES[dtype],
+                max_length,
+                max_tokens,
+                batch_tokens,
+                env.progress,
+            )
         for path, mom2 in computed.items():
             _save(files[path], mom2, {"corpus": corpus.id, "tokens": str(tokens)})
             result[path] = env.memo(("mom2", str(files[path])), lambda m=mom2: m)

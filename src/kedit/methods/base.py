@@ -122,7 +122,10 @@ class EditMethod(ABC):
             raise TypeError(f"requests must be kedit.EditRequest objects, got {type(bad[0])}")
         if len(requests) > 1 and not self.supports_batch:
             raise ValueError(batch_error(self.name))
-        edit = Edit(model, tok, self.name, self.config, requests, state, unedited)
+        # the session's unedited weights are swapped in only for what is computed for the
+        # caches keyed by the unedited fingerprint (a miss), never on a warm edit
+        lazy = (lambda: self.env.unedited_from(unedited)) if unedited is not None else None
+        edit = Edit(model, tok, self.name, self.config, requests, state, lazy)
         hooks_before = hook_count(hf_module(model))
         start = time.perf_counter()
         try:

@@ -83,10 +83,12 @@ class Edit:
         self._unedited = unedited if unedited is not None else nullcontext
 
     def unedited(self) -> AbstractContextManager[None]:
-        """Inside this block the model has the weights it had before any edit of its session
-        (this edit's own are not applied yet when a method asks): what caches keyed by the
-        unedited model's fingerprint (key statistics, context templates) must be computed on.
-        Outside a session, or before its first edit, the model is unedited already."""
+        """Inside this block, whatever is computed for a cache keyed by the unedited model's
+        fingerprint (key statistics, context templates: ``env.memo`` misses and
+        ``env.computing()``) runs on the weights the model had before any edit of its
+        session; the weights are swapped only for that computation, so an edit whose caches
+        are warm copies nothing. Outside a session, or before its first edit, the model is
+        unedited already."""
         return self._unedited()
 
     # recording ---------------------------------------------------------------------------

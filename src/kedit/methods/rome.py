@@ -50,10 +50,10 @@ class ROMEConfig(ValueConfig, StatsConfig):
     Args:
         layer: block whose MLP output projection is rewritten (negative counts from the end),
             or ``"auto"``: for each fact, the peak of its causal trace (the MLP outputs'
-            indirect effect at the subject's last token, on the unedited model; see
-            :mod:`kedit.methods._trace`). Hase et al. (2023) found that this peak predicts
-            where an edit succeeds poorly; ``kedit bench --scenarios sweep:layer=...`` measures
-            it on your model.
+            indirect effect at the subject's last token, in the model as it is before this
+            edit; see :mod:`kedit.methods._trace`). Hase et al. (2023) found that this peak
+            predicts where an edit succeeds poorly; ``kedit bench --scenarios
+            sweep:layer=...`` measures it on your model.
         mom2_adjustment: weigh the update by the inverse key second moment C^-1 (the paper);
             False uses C = I.
     """
@@ -86,12 +86,12 @@ class ROME(EditMethod):
         (request,) = requests
         cfg = self.config
         layer = cfg.layer
+        if layer == "auto":  # where the fact's recall runs in the model as it is now
+            trace = subject_mlp_trace(model, tok, request, self.env)
+            layer = trace.peak
+            edit.info["layer_trace"] = trace.to_dict()
+        path = layer_path(model, "mlp_out", layer)
         with edit.unedited():  # what is cached under the unedited model's fingerprint
-            if layer == "auto":
-                trace = subject_mlp_trace(model, tok, request, self.env)
-                layer = trace.peak
-                edit.info["layer_trace"] = trace.to_dict()
-            path = layer_path(model, "mlp_out", layer)
             templates = context_templates(model, tok, self.env, cfg.context_template_length_params)
             mom2 = None
             if cfg.mom2_adjustment:
