@@ -17,7 +17,7 @@ from kedit.model.causal_trace import (
     subject_token_range,
 )
 from kedit.types import EditRequest
-from tests.conftest import tiny_model
+from tests.conftest import TINY_CONFIGS, tiny_model
 from tests.tiny_configs import TINY
 
 TEXT = "The capital city of France is"
@@ -39,7 +39,7 @@ def tracer(model, tok, noise: float = 3.0, **kw) -> CausalTracer:
     return CausalTracer(model, tok, TEXT, SUBJECT, settings)
 
 
-@pytest.mark.parametrize("model_type", ARCHS)
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
 def test_shapes_token_ranges_and_corruption(model_type: str, tokenizer) -> None:
     tr = tracer(peaked(model_type), tokenizer, window=2)
     first, end = subject_token_range(tokenizer, TEXT, SUBJECT)
