@@ -168,3 +168,18 @@ def test_scores_before_edit_are_batched_across_cases(tokenizer, env, monkeypatch
     )
     # one call for the 4 unedited cases, then one per edited case
     assert len(calls) == 5 and calls[0] == sum(calls[1:])
+
+
+def test_a_run_that_would_measure_nothing_says_which_suite_would():
+    """ConflictEdit's probes feed only the pitfalls suite's measures: the core suite is refused
+    before anything is edited, naming the suite to use (not a run that stores no result)."""
+    from kedit.env import Environment
+    from kedit.eval.protocols import Single
+    from kedit.eval.selection import choose_metrics, select_cases
+    from tests.conftest import data_dir
+
+    cases = select_cases("conflict-reverse", Environment(data_dir=data_dir()), 3)
+    with pytest.raises(ValueError, match="--suite pitfalls"):
+        choose_metrics(None, "core", cases, Single())
+    chosen, _ = choose_metrics(None, "pitfalls", cases, Single())
+    assert "conflict_score_explicit" in [m.name for m in chosen]

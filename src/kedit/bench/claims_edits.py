@@ -10,7 +10,8 @@ applied together (the single scenario applies a case's edits as one update): Con
 edits of one subject and relation; the second should win), RoundEdit (an edit and its reversal)
 and MQuAKE (the edits of a multi-hop chain). A bench on CounterFact has none, so these claims
 say "not run" there; run the bench on ``--dataset conflict-reverse`` (or ``conflict-composite``),
-``roundedit-easy`` (``roundedit-hard``) or ``mquake``.
+``roundedit-easy`` (``roundedit-hard``) or ``mquake``, with ``--suite pitfalls`` (whose measures
+read them).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ OTHER_ATTRIBUTION_GOOD = 0.9
 OTHER_ATTRIBUTION = "relation_specificity_top1_agreement"
 NEEDS_RELATED = (
     "needs a bench on a dataset with related edits (--dataset conflict-reverse, "
-    "conflict-composite, roundedit-easy, roundedit-hard or mquake), single scenario"
+    "conflict-composite, roundedit-easy, roundedit-hard or mquake) with --suite pitfalls, "
+    "single scenario"
 )
 
 

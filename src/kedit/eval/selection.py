@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from kedit.data import load_dataset
 from kedit.env import Environment
-from kedit.eval.metric import Metric, missing_probes, resolve_metrics
+from kedit.eval.metric import SUITES, Metric, missing_probes, resolve_metrics
 from kedit.eval.protocols import Protocol
 from kedit.types import EditCase
 
@@ -54,4 +54,23 @@ def choose_metrics(
                 )
     for name, why in skipped.items():
         log.info("skipping %s: %s", name, why)
-    return [m for m in chosen if m.name not in skipped], skipped
+    kept = [m for m in chosen if m.name not in skipped]
+    if not kept:
+        raise ValueError(nothing_to_measure(suite, cases))
+    return kept, skipped
+
+
+def nothing_to_measure(suite: str, cases: list[EditCase]) -> str:
+    """Why a run would measure nothing, and the suites that measure something on ``cases``."""
+    kinds = sorted({p.kind for case in cases for p in case.probes})
+    others = [
+        s
+        for s in SUITES
+        if s != suite
+        and len(missing_probes(resolve_metrics(None, s), cases)) < len(resolve_metrics(None, s))
+    ]
+    hint = f"; use --suite {' or '.join(others)}" if others else "; use a dataset with such probes"
+    return (
+        f"no measure of the {suite!r} suite can be computed on these cases (their probes: "
+        f"{', '.join(kinds) or 'none'}){hint}"
+    )
