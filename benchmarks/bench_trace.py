@@ -11,7 +11,9 @@ traces every N-th fact from the I-th (run N processes side by side, then ``--mer
 folders). Writes every trace, heatmap and the page to ``--trace-dir`` (not committed) and the
 figures to ``<out>/trace-<device>.json``: seconds per traced fact (median and range, with the
 number of tokens per prompt), the average indirect effect at the last subject token by layer
-with 95% intervals, and its peak layer per kind.
+with 95% intervals, and its peak layer per kind; the same over the facts the model knows
+(``--known``: clean probability of the true answer at least 0.05; the paper traces known facts
+only), whose traces and figure go to ``<trace-dir>/known``.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ def merge(folders: list[Path], args: argparse.Namespace) -> dict:
             traced.traces.append({n: _trace(FactTrace, t) for n, t in fact.items()})
     meta = {k: records[0][k] for k in ("model", "dataset", "device", "threads", "cpu")}
     write_traces(traced, Path(args.trace_dir) / "all", meta)
+    known = TracedFacts(traced.noise, options)
+    known.traces = [f for f in traced.traces if next(iter(f.values())).clean >= args.known]
+    write_traces(known, Path(args.trace_dir) / "known", meta)
     last = CATEGORIES.index("last subject token")
     tokens = [len(next(iter(f.values())).tokens) for f in traced.traces]
     summary = {
@@ -87,27 +92,47 @@ def merge(folders: list[Path], args: argparse.Namespace) -> dict:
             "kinds": list(options.kinds),
         },
         "tokens_per_prompt": {"median": statistics.median(tokens), "max": max(tokens)},
-        "average_indirect_effect_last_subject_token": {
-            name: {
-                "peak_layer": a.peak(),
-                "mean": a.mean[last].tolist(),
-                "low": a.low[last].tolist(),
-                "high": a.high[last].tolist(),
-                "total_effect": [a.total_effect, a.total_low, a.total_high],
-            }
-            for name, a in averages_of(traced).items()
+        "average_indirect_effect_last_subject_token": _peaks(averages_of(traced), last),
+        "known_facts": {
+            "rule": f"clean probability of the true answer >= {args.known}",
+            "facts": len(known.traces),
+            "average_indirect_effect_last_subject_token": _peaks(averages_of(known), last),
         },
     }
     out = Path(args.out) / f"trace-{'cpu' if args.device == 'cpu' else 'gpu'}.json"
     out.write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if "average" not in k}, indent=1))
-    for name, a in summary["average_indirect_effect_last_subject_token"].items():
-        peak = a["peak_layer"]
-        print(
-            f"{name}: AIE at the last subject token peaks at layer {peak}: "
-            f"{a['mean'][peak]:.3f} [{a['low'][peak]:.3f}, {a['high'][peak]:.3f}]"
-        )
+    for label, peaks in (
+        ("all facts", summary["average_indirect_effect_last_subject_token"]),
+        ("known facts", summary["known_facts"]["average_indirect_effect_last_subject_token"]),
+    ):
+        for name, a in peaks.items():
+            peak = a["peak_layer"]
+            print(
+                f"{label}, {name}: AIE at the last subject token peaks at layer {peak}: "
+                f"{a['mean'][peak]:.3f} [{a['low'][peak]:.3f}, {a['high'][peak]:.3f}]; "
+                f"last token, layer {a['last_token_peak_layer']}: {a['last_token_peak']:.3f}"
+            )
     return summary
+
+
+def _peaks(averages: dict, last: int) -> dict:
+    """Per trace: the last subject token's curve and peak, the last token's peak."""
+    from kedit.locate.effects import CATEGORIES
+
+    final = CATEGORIES.index("last token")
+    out = {}
+    for name, a in averages.items():
+        out[name] = {
+            "peak_layer": a.peak(),
+            "mean": a.mean[last].tolist(),
+            "low": a.low[last].tolist(),
+            "high": a.high[last].tolist(),
+            "last_token_peak_layer": a.peak("last token"),
+            "last_token_peak": float(a.mean[final].max()),
+            "total_effect": [a.total_effect, a.total_low, a.total_high],
+        }
+    return out
 
 
 def _trace(cls, data: dict):
@@ -129,6 +154,13 @@ def main() -> None:
     parser.add_argument("--trace-dir", default="runs/trace-bench")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--merge", nargs="*", help="shard folders to merge (no tracing)")
+    parser.add_argument(
+        "--known",
+        type=float,
+        default=0.05,
+        help="with --merge: also average the facts whose clean answer probability is at least "
+        "this (the paper traces facts the model knows)",
+    )
     args = parser.parse_args()
     if args.merge is not None:
         merge([Path(f) for f in args.merge], args)
