@@ -27,7 +27,7 @@ normalised MLP outputs and scaled embeddings need nothing of their own.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -92,7 +92,6 @@ class FactTrace:
     clean: float
     corrupted: float
     scores: np.ndarray  # (tokens, layers)
-    extra: dict = field(default_factory=dict)
 
     @property
     def effects(self) -> np.ndarray:
