@@ -8,6 +8,7 @@ from pathlib import Path
 from kedit import api
 from kedit.cli_common import environment, load
 from kedit.eval.selection import select_cases
+from kedit.figures import require_matplotlib
 from kedit.locate.effects import CATEGORIES
 from kedit.locate.facts import DEFAULT_KINDS, TraceOptions
 from kedit.locate.report import averages_of, write_traces
@@ -69,6 +70,7 @@ def trace_options(args: argparse.Namespace) -> TraceOptions:
 
 def run_trace(args: argparse.Namespace) -> int:
     options = trace_options(args)
+    require_matplotlib()  # the figures are written after the traces: fail before, not after
     env = environment(args)
     if args.prompt is not None:
         if not args.subject:
