@@ -6,8 +6,8 @@ import torch
 from kedit.methods import METHODS, EditSession, _value
 from kedit.methods._keys import mean_keys, subject_io
 from kedit.methods._stats import stats_for
-from kedit.methods._templates import context_templates, fill, flatten
-from kedit.methods._value import ValueSearch, kl_prompt, optimise_value, relaxation
+from kedit.methods._templates import context_templates, fill, flatten, kl_prompt
+from kedit.methods._value import ValueSearch, optimise_value, relaxation
 from kedit.model.arch import arch_of, weight_out_in
 from kedit.model.tokens import encode, token_index_of_span
 from kedit.types import EditRequest

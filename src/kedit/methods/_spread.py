@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from kedit.methods._keys import mean_keys, subject_io
 from kedit.methods._stats import StatsConfig, stats_for
 from kedit.methods._templates import context_templates, flatten
-from kedit.methods._value import ValueConfig, ValueResult, ValueSearch, optimise_value
+from kedit.methods._value import ValueConfig, ValueResult, ValueSearch, optimise_values
 from kedit.methods._weights import low_rank_delta
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
@@ -69,9 +69,9 @@ def optimise_targets(
     module_paths: str | Sequence[str],
     search: ValueSearch,
 ) -> list[ValueResult]:
-    """v* for every request (each its own optimisation, as in MEMIT's compute_z)."""
-    templates = flatten(template_groups)
-    return [optimise_value(model, tok, r, templates, module_paths, search) for r in requests]
+    """v* for every request: each its own optimisation, as in MEMIT's compute_z, all run in
+    the same passes (:func:`~kedit.methods._value.optimise_values`)."""
+    return optimise_values(model, tok, requests, flatten(template_groups), module_paths, search)
 
 
 def spread(

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.env import Environment
 from kedit.model.lm import HFLanguageModel
+from kedit.model.tokens import encode, encode_prompt_target, token_index_of_span
 from kedit.types import SUBJECT_SLOT, EditRequest
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 #: first words of the sampled prefixes (EasyEdit's choice; works for every tokenizer, unlike
 #: ROME's "<|endoftext|>" which only GPT-2 has)
 SEED_WORDS = ("The", "Therefore", "Because", "I", "You")
+
+#: ROME's compute_v and MEMIT's compute_z read their KL term on this prompt
+KL_PROMPT = "{} is a"
 
 
 def context_templates(
@@ -84,3 +89,41 @@ def fill(template: str, request: EditRequest) -> tuple[str, tuple[int, int]]:
 def flatten(groups: Sequence[Sequence[str]]) -> list[str]:
     """All templates of all groups, in order."""
     return [t for group in groups for t in group]
+
+
+@dataclass(frozen=True)
+class SearchRows:
+    """One request's rows: ``template + prompt + target[:-1]`` for each context template, then
+    the KL prompt; ``split`` is the subject's last token in each row."""
+
+    ids: list[list[int]]
+    split: list[int]
+    target_ids: list[int]
+
+    @property
+    def suffix_width(self) -> int:
+        return max(len(r) - s for r, s in zip(self.ids, self.split))
+
+
+def search_rows(
+    tok: PreTrainedTokenizerBase, request: EditRequest, templates: Sequence[str]
+) -> SearchRows:
+    """The rows the v* loss of ``request`` is read on (see :class:`SearchRows`)."""
+    target_ids = encode_prompt_target(tok, request.text, request.target_new).target_ids
+    ids, split = [], []
+    for template in templates:
+        text, span = fill(template, request)
+        prompt_ids = encode_prompt_target(tok, text, request.target_new).prompt_ids
+        ids.append(prompt_ids + target_ids[:-1])
+        split.append(token_index_of_span(tok, text, span))
+    kl_text, kl_span = kl_prompt(request)
+    ids.append(encode(tok, kl_text).ids)
+    split.append(token_index_of_span(tok, kl_text, kl_span))
+    return SearchRows(ids, split, target_ids)
+
+
+def kl_prompt(request: EditRequest) -> tuple[str, tuple[int, int]]:
+    """The KL ("essence") prompt, ``"{subject} is a"`` as ROME's ``compute_v`` and MEMIT's
+    ``compute_z`` fill it, and the subject's span in it: the KL term is read at the subject's
+    last token, so the prompt must start with the subject, whatever the edit prompt is."""
+    return KL_PROMPT.format(request.subject), (0, len(request.subject))

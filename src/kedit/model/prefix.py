@@ -47,7 +47,7 @@ PROBES = ("x", " x", "\nx", "0", ".")
 
 #: cache layers whose ``update`` concatenates into new tensors and never writes in place, so a
 #: pass may run against views of the prefix's own tensors
-_APPENDING_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+APPENDING_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 
 
 def prefix_cache(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
@@ -72,7 +72,7 @@ def cache_copy(cache: Any, rows: int) -> Any:
     any other cache is deep-copied and repeated along the batch.
     """
     layers = getattr(cache, "layers", None)
-    if type(cache) is not DynamicCache or any(type(x) not in _APPENDING_LAYERS for x in layers):
+    if type(cache) is not DynamicCache or any(type(x) not in APPENDING_LAYERS for x in layers):
         out = copy.deepcopy(cache)
         width = next((x.keys.shape[0] for x in out.layers if x.get_seq_length() > 0), rows)
         if width != rows:

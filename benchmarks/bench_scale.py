@@ -1,0 +1,124 @@
+"""Editing thousands of facts on the default model: the batched v* search and MEMIT in batches.
+
+Usage:
+    python benchmarks/bench_scale.py search [--batch 100] [--alone 10] [--device cpu]
+    python benchmarks/bench_scale.py memit [--batch 100] [--batches 10] [--device cpu]
+
+* ``search``: v* for a batch of CounterFact requests (MEMIT's configuration for the model),
+  searched together (``optimise_values``) and, for the first ``--alone`` of them, one request
+  at a time as MEMIT's reference does (``optimise_value`` each): seconds per fact of both in
+  the same run, and how far each batched v* is from its one-at-a-time value (relative L2
+  distance, and whether the steps taken agree).
+* ``memit``: ``--batches`` MEMIT calls of ``--batch`` facts each (CounterFact edit split, in
+  order) applied one after another in one ``EditSession``: editing seconds per batch (median
+  and all), the total, and the process's peak resident memory.
+
+Prints a table and writes ``scale-<kind>-<device>.json`` under ``benchmarks/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+
+def search(model, tok, env, batch: int, alone: int) -> dict:
+    import kedit
+    from kedit.methods import make_method
+    from kedit.methods._templates import context_templates, flatten
+    from kedit.methods._value import optimise_value, optimise_values
+
+    requests = [c.request for c in kedit.load_dataset("counterfact", env.data_dir, limit=batch)]
+    method = make_method("memit", model, None, env)
+    cfg = method.config
+    templates = flatten(context_templates(model, tok, env, cfg.context_template_length_params))
+    _, paths = method.target_paths(model)
+    start = time.perf_counter()
+    joint = optimise_values(model, tok, requests, templates, paths, cfg.search())
+    joint_s = time.perf_counter() - start
+    start = time.perf_counter()
+    one = [optimise_value(model, tok, r, templates, paths, cfg.search()) for r in requests[:alone]]
+    alone_s = time.perf_counter() - start
+    distance = [float((a.target - j.target).norm() / a.target.norm()) for a, j in zip(one, joint)]
+    return {
+        "batch": batch,
+        "alone": alone,
+        "batched_s_per_fact": joint_s / batch,
+        "alone_s_per_fact": alone_s / alone,
+        "speed_up": (alone_s / alone) / (joint_s / batch),
+        "max_relative_distance": max(distance),
+        "steps_agree": sum(a.steps == j.steps for a, j in zip(one, joint)),
+        "steps": [j.steps for j in joint],
+    }
+
+
+def memit(model, tok, env, batch: int, batches: int) -> dict:
+    import kedit
+    from kedit.methods import make_method
+
+    cases = kedit.load_dataset("counterfact", env.data_dir, limit=batch * batches)
+    editor = make_method("memit", model, None, env)
+    warm = kedit.load_dataset("counterfact", env.data_dir, limit=batch * batches + 1)[-1]
+    kedit.edit(model, tok, warm.request, method=editor, env=env).restore()  # stats, templates
+    session = kedit.EditSession(model, tok, env)
+    seconds = []
+    for k in range(batches):
+        requests = [c.request for c in cases[k * batch : (k + 1) * batch]]
+        start = time.perf_counter()
+        session.edit(requests, editor)
+        seconds.append(time.perf_counter() - start)
+        print(f"batch {k + 1}/{batches}: {seconds[-1]:.1f} s", flush=True)
+    session.restore()
+    return {
+        "batch": batch,
+        "batches": batches,
+        "edits": batch * batches,
+        "seconds_per_batch": statistics.median(seconds),
+        "all_seconds": seconds,
+        "total_seconds": sum(seconds),
+        "s_per_edit": sum(seconds) / (batch * batches),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=["search", "memit"])
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--alone", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--device")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+
+    import torch
+
+    import kedit
+    from kedit.env import Environment
+
+    env = Environment(progress=False)
+    model, tok = kedit.load_model("smollm2-135m", device=args.device)
+    if args.kind == "search":
+        result = search(model, tok, env, args.batch, args.alone)
+    else:
+        result = memit(model, tok, env, args.batch, args.batches)
+    device = str(next(model.parameters()).device).split(":")[0]
+    result.update(model="smollm2-135m", device=device, threads=torch.get_num_threads())
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"scale-{args.kind}-{device}.json"
+    path.write_text(json.dumps(result, indent=1))
+    for key, value in result.items():
+        if key not in ("steps", "all_seconds"):
+            print(f"{key:>24}: {value:.3f}" if isinstance(value, float) else f"{key:>24}: {value}")
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()

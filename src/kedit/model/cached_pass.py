@@ -1,0 +1,122 @@
+"""Repeated forward passes of many prompts that only change from one token on.
+
+The target-value search of ROME and its successors (``methods/_value.py``) runs the same
+prompts again at every optimisation step, with a delta added at the subject's last token. The
+tokens before that token cannot see the delta (causal attention), so their keys and values are
+computed once: each step runs only the suffixes. :class:`PrefixCachedPass` holds such a batch;
+rows may come from different prompts of different lengths, and a finished part of the batch can
+be dropped (:meth:`PrefixCachedPass.subset`) without computing the prefixes again.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache
+
+from kedit.model.lm import model_device, select_logits
+from kedit.model.prefix import APPENDING_LAYERS, cache_kwargs, continuation_inputs, prefix_cache
+from kedit.model.tokens import pad
+
+
+def cache_rows(cache: Any, rows: torch.Tensor) -> Any | None:
+    """The cache of some rows of a batch (``rows``: their indices), sharing nothing that a pass
+    writes to; ``None`` for a cache whose layers are not plain appending ones."""
+    layers = getattr(cache, "layers", None)
+    if type(cache) is not DynamicCache or any(type(x) not in APPENDING_LAYERS for x in layers):
+        return None
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in layers]
+    for layer in out.layers:
+        if layer.is_initialized and layer.keys.numel():
+            layer.keys = layer.keys[rows]  # (rows, heads, prefix, head_dim)
+            layer.values = layer.values[rows]
+    return out
+
+
+class PrefixCachedPass:
+    """Forward passes of many prompts that only change from one token on.
+
+    Each row is split at ``split[row]``: the tokens before it do not depend on what is being
+    optimised (causal attention), so their keys and values are computed once; every call of
+    :meth:`logits` or :meth:`row_logits` runs only the suffixes, which start at column 0 in
+    every row (prefixes are padded on the left, suffixes on the right). This is exact and, for
+    ROME's 21 context templates, about three times cheaper per step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        rows: Sequence[Sequence[int]],
+        split: Sequence[int],
+        pad_token: int,
+    ) -> None:
+        self.model = model
+        self.device = model_device(model)
+        self._rows, self._split, self._pad = [list(r) for r in rows], list(split), pad_token
+        prefixes = [r[:i] for r, i in zip(self._rows, split)]
+        suffixes = [r[i:] for r, i in zip(self._rows, split)]
+        width = max(len(p) for p in prefixes)
+        self.cache = None
+        prefix_mask = torch.zeros(len(rows), width, dtype=torch.long)
+        if width:
+            prefix = pad([p or [pad_token] for p in prefixes], pad_token, left=True)
+            for row, p in enumerate(prefixes):  # an empty prefix was padded: mask all of it
+                if not p:
+                    prefix.attention_mask[row] = 0
+            prefix_mask = prefix.attention_mask
+            self.cache = prefix_cache(model, prefix.to(self.device).model_inputs())
+        inputs = continuation_inputs(prefix_mask, suffixes, pad_token)
+        self.inputs = {k: v.to(self.device) for k, v in inputs.items()}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def subset(self, rows: Sequence[int]) -> PrefixCachedPass:
+        """The same passes for some of the rows only. The prefix's keys and values are taken
+        from this pass's cache where it allows, else computed again for those rows."""
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+        cache = None if self.cache is None else cache_rows(self.cache, index)
+        if self.cache is not None and cache is None:
+            return PrefixCachedPass(
+                self.model,
+                [self._rows[r] for r in rows],
+                [self._split[r] for r in rows],
+                self._pad,
+            )
+        out = copy.copy(self)
+        out._rows = [self._rows[r] for r in rows]
+        out._split = [self._split[r] for r in rows]
+        out.cache = cache
+        out.inputs = {k: v[index] for k, v in self.inputs.items()}
+        return out
+
+    def logits(self, columns: Sequence[int]) -> torch.Tensor:
+        """Logits at the given suffix columns, ``(batch, len(columns), vocab)``."""
+        return select_logits(self.model, {**self.inputs, **self._cache_kwargs()}, columns)
+
+    def row_logits(self, index: torch.Tensor) -> torch.Tensor:
+        """Logits at each row's own suffix columns: ``index`` is ``(batch, k)``, the result
+        ``(batch, k, vocab)``. The hidden states are picked before the output head, so only
+        the wanted positions are unembedded (rows of different prompts want different ones)."""
+        index = index.to(self.device)
+        picks = torch.arange(len(index), device=self.device)[:, None]
+
+        def pick(_: nn.Module, args: tuple) -> tuple:
+            return (args[0][picks, index].contiguous(), *args[1:])  # (batch, k, d_model)
+
+        handle = self.model.get_output_embeddings().register_forward_pre_hook(pick)
+        try:
+            return self.model(**self.inputs, **self._cache_kwargs()).logits
+        finally:
+            handle.remove()
+
+    def _cache_kwargs(self) -> dict[str, Any]:
+        if self.cache is None:
+            return {"use_cache": False}
+        # every pass starts from a copy of the prefix's cache
+        return cache_kwargs(self.model, self.cache, len(self.inputs["input_ids"]))
