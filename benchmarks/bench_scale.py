@@ -3,15 +3,17 @@
 Usage:
     python benchmarks/bench_scale.py search [--batch 100] [--alone 10] [--device cpu]
     python benchmarks/bench_scale.py memit [--batch 100] [--batches 10] [--device cpu]
+    python benchmarks/bench_scale.py ultraedit [--batch 100] [--batches 100] [--device cpu]
 
 * ``search``: v* for a batch of CounterFact requests (MEMIT's configuration for the model),
   searched together (``optimise_values``) and, for the first ``--alone`` of them, one request
   at a time as MEMIT's reference does (``optimise_value`` each): seconds per fact of both in
   the same run, and how far each batched v* is from its one-at-a-time value (relative L2
   distance, and whether the steps taken agree).
-* ``memit``: ``--batches`` MEMIT calls of ``--batch`` facts each (CounterFact edit split, in
-  order) applied one after another in one ``EditSession``: editing seconds per batch (median
-  and all), the total, and the process's peak resident memory.
+* ``memit`` / ``ultraedit``: ``--batches`` calls (UltraEdit's turns) of ``--batch`` facts each
+  (CounterFact edit split, in order) applied one after another in one ``EditSession``: editing
+  seconds per batch (median and all), the total, the session's restore data, and the process's
+  peak resident memory.
 
 Prints a table and writes ``scale-<kind>-<device>.json`` under ``benchmarks/results``.
 """
@@ -56,14 +58,16 @@ def search(model, tok, env, batch: int, alone: int) -> dict:
     }
 
 
-def memit(model, tok, env, batch: int, batches: int) -> dict:
+def sequential(model, tok, env, method: str, batch: int, batches: int) -> dict:
     import kedit
     from kedit.methods import make_method
 
     cases = kedit.load_dataset("counterfact", env.data_dir, limit=batch * batches)
-    editor = make_method("memit", model, None, env)
-    warm = kedit.load_dataset("counterfact", env.data_dir, limit=batch * batches + 1)[-1]
-    kedit.edit(model, tok, warm.request, method=editor, env=env).restore()  # stats, templates
+    editor = make_method(method, model, None, env)
+    warm = kedit.load_dataset("counterfact", env.data_dir, limit=batch * batches + 2)[-2:]
+    # statistics and templates computed before the clock starts (a batch of two: UltraEdit's
+    # first turn needs two target tokens)
+    kedit.edit(model, tok, [c.request for c in warm], method=editor, env=env).restore()
     session = kedit.EditSession(model, tok, env)
     seconds = []
     for k in range(batches):
@@ -72,6 +76,7 @@ def memit(model, tok, env, batch: int, batches: int) -> dict:
         session.edit(requests, editor)
         seconds.append(time.perf_counter() - start)
         print(f"batch {k + 1}/{batches}: {seconds[-1]:.1f} s", flush=True)
+    restore_mb = session.restore_bytes / 2**20
     session.restore()
     return {
         "batch": batch,
@@ -81,12 +86,13 @@ def memit(model, tok, env, batch: int, batches: int) -> dict:
         "all_seconds": seconds,
         "total_seconds": sum(seconds),
         "s_per_edit": sum(seconds) / (batch * batches),
+        "restore_mb": restore_mb,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["search", "memit"])
+    parser.add_argument("kind", choices=["search", "memit", "ultraedit"])
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--alone", type=int, default=10)
     parser.add_argument("--batches", type=int, default=10)
@@ -104,7 +110,7 @@ def main() -> None:
     if args.kind == "search":
         result = search(model, tok, env, args.batch, args.alone)
     else:
-        result = memit(model, tok, env, args.batch, args.batches)
+        result = sequential(model, tok, env, args.kind, args.batch, args.batches)
     device = str(next(model.parameters()).device).split(":")[0]
     result.update(model="smollm2-135m", device=device, threads=torch.get_num_threads())
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

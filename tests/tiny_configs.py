@@ -60,6 +60,9 @@ TINY = {
     "ft-m": {"layer": 1, "num_steps": 8, "lr": 1e-2},
     "grace": {"layer": 1, "n_iter": 15, "eps_init": 0.02, "edit_lr": 1.0},
     "ike": {"pool": "demo", "k": 4, "embedder": "lexical"},
+    # the contract edits one request whose target is one token: UltraEdit's standardisation
+    # needs two positions, so every position is kept; a step sized for 32-wide keys
+    "ultraedit": {"modules": {"mlp_in": [0, 1]}, "lr": 0.01, "tokens": "all"},
 }
 
 

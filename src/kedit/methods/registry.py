@@ -32,6 +32,9 @@ METHODS.register("pmet", "kedit.methods.pmet:PMET", "attention+FFN targets, FFN-
 METHODS.register("kn", "kedit.methods.kn:KN", "integrated-gradients neurons, value-slot edit")
 METHODS.register("grace", "kedit.methods.grace:GRACE", "codebook adaptor at one layer")
 METHODS.register("ike", "kedit.methods.ike:IKE", "in-context editing with demonstrations")
+METHODS.register(
+    "ultraedit", "kedit.methods.ultraedit:UltraEdit", "lifelong closed-form edits, normalised"
+)
 
 
 def make_method(
