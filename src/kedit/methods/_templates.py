@@ -100,10 +100,6 @@ class SearchRows:
     split: list[int]
     target_ids: list[int]
 
-    @property
-    def suffix_width(self) -> int:
-        return max(len(r) - s for r, s in zip(self.ids, self.split))
-
 
 def search_rows(
     tok: PreTrainedTokenizerBase, request: EditRequest, templates: Sequence[str]

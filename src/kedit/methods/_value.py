@@ -180,9 +180,10 @@ class _Row:
 
 
 class _RowPass:
-    """Rows of one suffix width (from any requests) in one pass, and where their loss terms are
-    read: column 0 of every row is the subject's last token (the KL term, and where the delta
-    goes); a rewriting row's target is predicted by the last ``len(target)`` suffix columns."""
+    """Rows of about one suffix length (from any requests) in one pass, and where their loss
+    terms are read: column 0 of every row is the subject's last token (the KL term, and where
+    the delta goes); a rewriting row's target is predicted by its last ``len(target)`` suffix
+    columns."""
 
     def __init__(self, rows: Sequence[_Row], passes: PrefixCachedPass) -> None:
         self.rows, self.passes = list(rows), passes
