@@ -73,7 +73,10 @@ def test_later_turns_standardise_against_earlier_ones_and_roll_back_with_them(to
 def test_a_first_edit_of_one_target_token_is_refused_and_changes_nothing(tokenizer, env):
     model = tiny_model("llama")
     before = snapshot(model)
-    method = METHODS["ultraedit"].for_model(model, {**TINY["ultraedit"], "tokens": "target"}, env)
+    # one module: its normaliser sees one row (modules of one shape share theirs, as gate and
+    # up do, and would pool their rows)
+    config = {**TINY["ultraedit"], "modules": {"mlp.gate_proj": [1]}, "tokens": "target"}
+    method = METHODS["ultraedit"].for_model(model, config, env)
     with pytest.raises(ValueError, match="at least two"):
         method.edit(model, tokenizer, REQUESTS[0])  # " Rome" is one token here
     for name, tensor in model.state_dict().items():

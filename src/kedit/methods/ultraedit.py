@@ -130,23 +130,30 @@ class UltraEdit(EditMethod):
         model = hf_module(model)
         paths = self.module_paths(model)
         keys, grads = self._keys_and_gradients(model, tok, requests, paths)
-        for path in paths:
-            module = get_module(model, path)
-            k, g = keys[path], grads[path]  # (tokens, d_in), (tokens, d_out)
-            normaliser = self._normaliser(edit, k.shape[1], g.shape[1])
+        rows = {p: torch.cat([keys[p], grads[p]], 1) for p in paths}  # (tokens, d_in + d_out)
+        normalisers = {
+            p: self._normaliser(edit, keys[p].shape[1], grads[p].shape[1]) for p in paths
+        }
+        # every module's rows are merged first, then each is standardised (the reference's cache
+        # step before its solve): modules of one shape share one normaliser
+        for normaliser in {id(n): n for n in normalisers.values()}.values():
             edit.save_state(normaliser)
-            normaliser.update(torch.cat([k, g], 1))
-            if normaliser.count < 2:
-                raise ValueError(
-                    "UltraEdit standardises keys and gradients over every target token it has "
-                    "seen, so its first edit needs at least two: edit a batch of requests (it "
-                    "is a batch, lifelong editor) or a target of several tokens"
-                )
-            k_hat, g_hat = normaliser(torch.cat([k, g], 1)).split([k.shape[1], g.shape[1]], 1)
+        for p in paths:
+            normalisers[p].update(rows[p])
+        if min(n.count for n in normalisers.values()) < 2:
+            raise ValueError(
+                "UltraEdit standardises keys and gradients over every target token it has "
+                "seen, so its first edit needs at least two: edit a batch of requests (it "
+                "is a batch, lifelong editor) or a target of several tokens"
+            )
+        for p in paths:
+            d_in = keys[p].shape[1]
+            k_hat, g_hat = normalisers[p](rows[p]).split([d_in, rows[p].shape[1] - d_in], 1)
             values = (
                 -self.config.lr * (k_hat * k_hat).sum(1, keepdim=True) * g_hat
             )  # (tokens, d_out)
-            out_factor, in_factor = self._ridge(k, values)
+            out_factor, in_factor = self._ridge(keys[p], values)
+            module = get_module(model, p)
             edit.add_delta(module.weight, low_rank_delta(module, out_factor, in_factor))
         edit.info.update(tokens=int(next(iter(keys.values())).shape[0]), modules=len(paths))
 
