@@ -58,6 +58,7 @@ VERDICTS = {
     "memit-stable": PARTLY,  # checkpoints up to 20 only
     "grace-serac-downstream": SUPPORTED,  # SERAC missing
     "modifying-vs-preserving": SUPPORTED,
+    "preserving-downstream-each": SUPPORTED,  # GRACE and IKE, each on its own
 }
 
 
@@ -92,6 +93,9 @@ def test_verdicts_on_the_synthetic_bench(found):
     assert found["mend-degrades"].sentence == "not run: MEND is not registered in kedit yet"
     assert found["serac-distortion"].sentence == "not run: SERAC is not registered in kedit yet"
     assert "SERAC is not registered in kedit yet" in found["grace-serac-downstream"].sentence
+    each = found["preserving-downstream-each"]
+    assert "GRACE: " in each.sentence and "IKE: " in each.sentence
+    assert {"grace_sst2_change", "ike_sst2_change_low"} <= set(each.numbers)
     for claim in ("ike-related", "ft-meta-related"):
         assert found[claim].sentence.startswith("not run: needs a bench on a dataset with related")
     assert "relation_specificity_top1_agreement" in found["modifying-other-attribution"].sentence

@@ -43,9 +43,10 @@ def target_logprob(model_or_lm, tok, request: EditRequest) -> float:
 
 
 def in_context(name: str) -> bool:
-    """In-context learning does not exist in random weights: on tiny models such a method is
-    held to changing the predictions; the rise of the target is checked on SmolLM2."""
-    return METHODS[name].family == "in-context"
+    """In-context learning does not exist in random weights: on tiny models a method that works
+    by the model reading a context (``reads_context``: IKE, MeLLo, DeepEdit) is held to
+    changing the predictions; what it does on a trained model is checked on SmolLM2."""
+    return METHODS[name].reads_context
 
 
 def originals(model: torch.nn.Module) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:

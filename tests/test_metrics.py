@@ -86,7 +86,8 @@ def test_every_metric_names_group_and_protocol():
         assert metric.group in GROUP_ORDER
         assert metric.protocol and metric.description
     core = resolve_metrics(None)
-    assert {m.group for m in core} == {"reliability", "generalization", "locality", "portability"}
+    groups = {"reliability", "generalization", "locality", "routing", "portability"}
+    assert {m.group for m in core} == groups
     assert set(core) < set(resolve_metrics(None, "pitfalls"))
     needs = needs_of([METRICS["rewrite_gen_match"], METRICS["neighborhood_score"]])
     assert needs.generation == {ProbeKind.REWRITE}
@@ -94,5 +95,7 @@ def test_every_metric_names_group_and_protocol():
     needs = needs_of([METRICS["neighborhood_kl"], METRICS["round_edit_success"]])
     assert needs.next_token == {ProbeKind.NEIGHBORHOOD}
     assert needs.mid == {ProbeKind.ROUND_NEW, ProbeKind.ROUND_TRUE}
+    needs = needs_of([METRICS["routed_neighborhood"]])
+    assert needs.routing == {ProbeKind.NEIGHBORHOOD} and not needs.scores
     with pytest.raises(ValueError, match="unknown suite"):
         resolve_metrics(None, "everything")

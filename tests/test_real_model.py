@@ -116,7 +116,7 @@ LEARNS_IN_CONTEXT = False
         n
         for n in METHODS.names()
         if n not in {"rome", *DAMAGING, *BATCH_ONLY}
-        and (LEARNS_IN_CONTEXT or METHODS[n].family != "in-context")
+        and (LEARNS_IN_CONTEXT or not METHODS[n].reads_context)
     ],
 )
 def test_every_method_edits_the_real_model(name, smol):

@@ -63,6 +63,34 @@ TINY = {
     # the contract edits one request whose target is one token: UltraEdit's standardisation
     # needs two positions, so every position is kept; a step sized for 32-wide keys
     "ultraedit": {"modules": {"mlp_in": [0, 1]}, "lr": 0.01, "tokens": "all"},
+    # two blocks only: key in block 0, LoRA in block 1; few, larger steps for 32-wide layers
+    "melo": {"layer": 0, "lora_offsets": [1], "num_block": 8, "num_iter": 20, "edit_lr": 1e-2},
+    # activation margins (5-20) out of reach of 32-wide outputs: scaled down; a short search
+    "wise": {
+        "n_iter": 20,
+        "context_template_length_params": [[3, 2]],
+        "act_margin": [0.05, 0.5, 0.2],
+    },
+    # 32-wide keys and a 300-token toy memory: larger, fewer steps and a coarser early stop
+    "t-patcher": {
+        "lr": 0.1,
+        "max_steps": 80,
+        "start_check_step": 10,
+        "check_every": 10,
+        "early_threshold": 0.05,
+        "memory_size": 300,
+    },
+    # no benchmark prompt in the test environment (and none fits 1,024 positions); a random
+    # model never ends its text, so short generations and a small search
+    "mello": {"shots": 0, "max_new_tokens": 8, "chunk_tokens": 8, "embedder": "lexical"},
+    "deepedit": {
+        "shots": 0,
+        "max_new_tokens": 6,
+        "chunk_tokens": 6,
+        "max_steps": 2,
+        "max_expansions": 3,
+        "embedder": "lexical",
+    },
 }
 
 

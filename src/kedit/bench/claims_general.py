@@ -120,6 +120,17 @@ def judge_unchanged(summary: BenchSummary, methods: list[str]) -> Judgement:
     return judge_each(summary, methods, unchanged)
 
 
+def judge_each_preserving(summary: BenchSummary, methods: list[str]) -> Judgement:
+    """:func:`judge_unchanged` on every parameter-preserving method the bench ran (added
+    parameters, external memory, in context), each with its own intervals."""
+    preserving = [
+        m for m in summary.methods() if m in METHODS and not METHODS[m].modifies_parameters()
+    ]
+    if not preserving:
+        return not_run("no parameter-preserving method in this bench")
+    return judge_unchanged(summary, preserving)
+
+
 def _mean_downstream_change(
     summary: BenchSummary, methods: list[str]
 ) -> tuple[Estimate | None, list[str]]:

@@ -28,6 +28,7 @@ from kedit.bench.claims_edits import (
 )
 from kedit.bench.claims_general import (
     judge_degrades,
+    judge_each_preserving,
     judge_families,
     judge_memit,
     judge_unchanged,
@@ -175,6 +176,17 @@ CLAIMS: tuple[Claim, ...] = (
         f"-{DOWNSTREAM_DROP:.2f}, and over the parameter-preserving ones above it, each with "
         f"{_CI}; partly supported if only one half holds or can be tested.",
         judge_families,
+    ),
+    Claim(
+        "preserving-downstream-each",
+        "Parameter-preserving methods leave downstream scores unchanged (each method).",
+        (),
+        "sequential with general-ability tasks, and the unedited model's scores",
+        f"for every parameter-preserving method run (added parameters, external memory, in "
+        f"context), at its last sequential checkpoint every informative downstream change lies "
+        f"within ±{DOWNSTREAM_TOLERANCE:.2f} and the perplexity change within "
+        f"±{PERPLEXITY_TOLERANCE:.0%}, with {_CI}; partly supported if some hold.",
+        judge_each_preserving,
     ),
 )
 

@@ -20,7 +20,10 @@ Protocols, as the literature names them:
 * ``generation exact match``: the greedy continuation starts with the answer, compared after
   SQuAD normalisation;
 * ``top-1 agreement``: share of answer positions whose top-1 token is unchanged by the edit
-  (EasyEdit's locality).
+  (EasyEdit's locality);
+* ``routing decision``: share of prompts on which the method's added part fired (GRACE's
+  codebook, MELO's blocks, WISE's side memory, T-Patcher's neurons), asked of the edited model
+  at each prompt's last token (:class:`~kedit.model.lm.RoutingModel`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ Stage = str  # "pre" | "post"
 
 
 #: what a metric needs measured on its probes (see :class:`~kedit.eval.scoring.Needs`)
-MEASUREMENTS = ("scores", "generation", "next_token", "text", "dialogue")
+MEASUREMENTS = ("scores", "generation", "next_token", "text", "dialogue", "routing")
 #: suites: ``core`` is the cheap default (reliability, generalization, locality, portability
 #: from teacher-forced scores and short answers); ``pitfalls`` is every registered measure
 SUITES = ("core", "pitfalls")
@@ -88,6 +91,7 @@ MAG = "probability magnitude"
 TF = "teacher-forced token accuracy"
 GEN = "generation exact match"
 AGREE = "top-1 agreement"
+ROUTE = "routing decision"
 
 
 def register(
@@ -142,11 +146,13 @@ def needs_of(metrics: list[Metric]) -> Needs:
 #: the group of general-ability tasks (perplexity, downstream tasks), measured on the model as a
 #: whole at sequential checkpoints; ``general ability`` is that of per-case measures (fluency)
 GENERAL_GROUP = "general"
-#: the survey's order of measure groups, for every table
+#: the survey's order of measure groups, for every table (``routing``, kedit's own, beside the
+#: locality it explains)
 GROUP_ORDER = (
     "reliability",
     "generalization",
     "locality",
+    "routing",
     "portability",
     "distortion",
     "general ability",

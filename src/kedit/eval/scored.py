@@ -46,8 +46,15 @@ def case_measures(
 
 def case_details(results: list[ProbeResult]) -> dict[str, Any]:
     """What a case's numbers alone do not show: for dialogue probes, the turns and outcomes; the
-    first sampled text about the subject (fluency), before and after."""
+    first sampled text about the subject (fluency), before and after; for a method that routes,
+    whether its added part fired on each probe (by probe kind, in probe order)."""
     details: dict[str, Any] = {}
+    routed: dict[str, list[bool]] = {}
+    for r in results:
+        if r.post.routed is not None:
+            routed.setdefault(str(r.probe.kind), []).append(r.post.routed)
+    if routed:
+        details["routed"] = routed
     dialogue = dialogue_details(results)
     if dialogue:
         details["dialogue"] = dialogue

@@ -19,7 +19,7 @@ from typing import TypeVar
 import torch
 
 from kedit.eval.formulas.mquake import normalize_answer
-from kedit.model.lm import LanguageModel, TargetScore
+from kedit.model.lm import LanguageModel, RoutingModel, TargetScore
 from kedit.model.tokens import encode
 from kedit.types import EditCase, Probe
 
@@ -47,6 +47,7 @@ class ProbeScore:
     text: str | None = None  # long sampled continuation (fluency)
     answer: str | None = None  # dialogue: the model's own first answer
     reply: str | None = None  # dialogue: its reply to the follow-up turn
+    routed: bool | None = None  # whether an added part fired (a RoutingModel only)
 
 
 @dataclass
@@ -74,12 +75,14 @@ class Needs:
     next_token: frozenset[str] = frozenset()  # kinds needing the next-token distribution
     text: frozenset[str] = frozenset()  # kinds needing a long sampled text
     dialogue: frozenset[str] = frozenset()  # kinds needing answer + reply to a follow-up
+    routing: frozenset[str] = frozenset()  # kinds whose routing decision is asked
     mid: frozenset[str] = frozenset()  # kinds also scored after the first edit step
     alone: frozenset[str] = frozenset()  # kinds also scored with the last step applied alone
 
     @property
     def kinds(self) -> frozenset[str]:
-        return self.scores | self.generation | self.next_token | self.text | self.dialogue
+        measured = self.scores | self.generation | self.next_token | self.text | self.dialogue
+        return measured | self.routing
 
     def at_stage(self, stage: str) -> Needs:
         """Only what is measured at ``stage`` (the ``mid`` and ``alone`` stages score their
@@ -115,6 +118,7 @@ def score_probes(
     _next_tokens(lm, [(s, p) for s, p in jobs if p.kind in needs.next_token])
     _sample_texts(lm, [(s, p) for s, p in jobs if p.kind in needs.text], seed)
     _dialogues(lm, [(s, p) for s, p in jobs if p.kind in needs.dialogue])
+    _routing(lm, [(s, p) for s, p in jobs if p.kind in needs.routing])
 
 
 def _score_targets(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]], needs: Needs) -> None:
@@ -180,6 +184,16 @@ def _sample_texts(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]], seed:
     texts = lm.generate(prompts, new, top_k=TEXT_TOP_K, seed=seed, stop_at_eos=False)
     for (score, probe), text in zip(jobs, texts):
         score.text = rome_text(probe.prompt + text)  # ROME scores the prompt with its text
+
+
+def _routing(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]]) -> None:
+    """Whether the edit's added part fired on each probe (only a model that routes says)."""
+    if not jobs or not isinstance(lm, RoutingModel):
+        return
+    distinct, where = once([p.prompt for _, p in jobs])
+    fired = lm.routed(distinct)
+    for (score, _), i in zip(jobs, where):
+        score.routed = fired[i]
 
 
 def rome_text(text: str) -> str:

@@ -53,6 +53,10 @@ class EditMethod(ABC):
     supports_batch: ClassVar[bool] = False
     #: the method whose presets (``presets/<method>/``) this one reads; None: its own
     presets: ClassVar[str | None] = None
+    #: the edit works by the model reading text it is given (IKE's demonstrations, MeLLo's and
+    #: DeepEdit's retrieved facts): random weights cannot follow it, so the contract holds such
+    #: a method to changing the predictions of a tiny model, not to raising the target
+    reads_context: ClassVar[bool] = False
 
     @classmethod
     def modifies_parameters(cls) -> bool:

@@ -43,11 +43,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
+from kedit.methods._routing import RoutedLM
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
 from kedit.model.arch import arch_of, get_module, num_layers
 from kedit.model.hooks import Trace, frozen, run_until_stopped
-from kedit.model.lm import HFLanguageModel, hf_module, model_device
+from kedit.model.lm import hf_module, model_device
 from kedit.model.tokens import Batch, PromptTarget, encode_prompt_target, pad
 from kedit.types import EditRequest
 
@@ -116,6 +117,8 @@ class GraceCodebook(nn.Module):
         self.labels: list[str] = []
         #: the query token of each row of the next passes (None: each row's last token)
         self.query_columns: torch.Tensor | None = None
+        #: whether the codebook answered each row of the latest pass (see ``methods._routing``)
+        self.fired: torch.Tensor | None = None
 
     @contextmanager
     def querying(self, columns: torch.Tensor) -> Iterator[None]:
@@ -129,6 +132,7 @@ class GraceCodebook(nn.Module):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = self.layer(x, *args, **kwargs)  # (batch, seq, d_out)
         if not self.labels:
+            self.fired = torch.zeros(x.shape[0], dtype=torch.bool)
             return out
         rows = torch.arange(x.shape[0], device=x.device)
         if self.query_columns is None:
@@ -138,6 +142,7 @@ class GraceCodebook(nn.Module):
         query = x[rows, columns].float()  # (batch, d_in)
         nearest_dist, nearest = torch.cdist(query, self.keys).min(-1)  # (batch,)
         hit = nearest_dist <= self.eps[nearest]  # (batch,)
+        self.fired = hit.detach().cpu()
         value = self.values[nearest].to(out.dtype)[:, None]  # (batch, 1, d_out)
         positions = torch.arange(x.shape[1], device=x.device)[None]  # (1, seq)
         if self.replacement == "last":
@@ -177,14 +182,14 @@ class GraceCodebook(nn.Module):
         return len(self.labels) - 1
 
 
-class GraceLM(HFLanguageModel):
+class GraceLM(RoutedLM):
     """The GRACE-edited model behind the ``LanguageModel`` interface: teacher-forced scores
     query the codebook at each row's last prompt token, where generation would (a pass over
-    prompt and target together would otherwise query at the target's last token)."""
+    prompt and target together would otherwise query at the target's last token); ``routed``
+    says whether a prompt fell within a key's radius."""
 
     def __init__(self, model: nn.Module, tok: PreTrainedTokenizerBase, codebook: GraceCodebook):
-        super().__init__(model, tok)
-        self.hf_model = model
+        super().__init__(model, tok, [codebook])
         self.codebook = codebook
 
     def _target_logits(self, batch: Batch, keep: int, rows: Sequence[PromptTarget]) -> torch.Tensor:

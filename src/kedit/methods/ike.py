@@ -138,6 +138,7 @@ class IKE(EditMethod):
     family = "in-context"
     config_cls = IKEConfig
     supports_batch = True
+    reads_context = True
 
     def apply(
         self,

@@ -35,6 +35,17 @@ METHODS.register("ike", "kedit.methods.ike:IKE", "in-context editing with demons
 METHODS.register(
     "ultraedit", "kedit.methods.ultraedit:UltraEdit", "lifelong closed-form edits, normalised"
 )
+METHODS.register("calinet", "kedit.methods.calinet:CaliNET", "FFN calibration slots, many facts")
+METHODS.register(
+    "t-patcher",
+    "kedit.methods.tpatcher:TPatcher",
+    "one neuron per mistaken token, in the last FFN",
+    aliases=("tpatcher",),
+)
+METHODS.register("wise", "kedit.methods.wise:WISE", "side memory of one FFN matrix, routed")
+METHODS.register("melo", "kedit.methods.melo:MELO", "LoRA rank blocks routed by a key database")
+METHODS.register("mello", "kedit.methods.mello:MeLLo", "memory of facts, multi-hop decomposition")
+METHODS.register("deepedit", "kedit.methods.deepedit:DeepEdit", "constrained DFS over reasoning")
 
 
 def make_method(

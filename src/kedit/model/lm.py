@@ -79,6 +79,17 @@ class LanguageModel(Protocol):
         ...
 
 
+@runtime_checkable
+class RoutingModel(Protocol):
+    """A model whose edits live in an added part that fires on some inputs only (GRACE's
+    codebook, MELO's rank blocks, WISE's side memory, T-Patcher's neurons). The audit asks it,
+    for each probe, whether the added part fired, so that a locality failure says why."""
+
+    def routed(self, prompts: Sequence[str]) -> list[bool]:
+        """Whether an added part fired at each prompt's last token (where the answer starts)."""
+        ...
+
+
 def hf_module(model: Any) -> nn.Module:
     """The Hugging Face model inside ``model`` (itself, or the model a wrapper wraps)."""
     while not isinstance(model, nn.Module):

@@ -14,7 +14,7 @@ summary averages cases, where EasyEdit averages all prompts of the split togethe
 
 from __future__ import annotations
 
-from kedit.eval.metric import AGREE, GEN, MAG, PROB, TF, Stage, register
+from kedit.eval.metric import AGREE, GEN, MAG, PROB, ROUTE, TF, Stage, register
 from kedit.eval.scoring import ProbeResult, generation_matches
 from kedit.types import ProbeKind
 
@@ -68,6 +68,14 @@ def top1_agreement(results: list[ProbeResult], stage: Stage) -> float | None:
             pre, post = r.pre.expected.argmax_ids, r.post.expected.argmax_ids
             values.append(sum(a == b for a, b in zip(pre, post)) / len(pre))
     return _mean(values)
+
+
+def routed_share(results: list[ProbeResult], stage: Stage) -> float | None:
+    """Share of the probes on which the edit's added part fired; None for a model that does
+    not route (every method but the added-parameter ones, and the unedited model)."""
+    return _mean(
+        [float(r.stage(stage).routed) for r in results if r.stage(stage).routed is not None]
+    )
 
 
 _QUESTIONS = [
@@ -191,3 +199,23 @@ register(
     "portability, all splits pooled: teacher-forced token accuracy of the ground truth",
     token_accuracy,
 )
+
+# Routing (kedit's own): an added-parameter method's part should fire on the edit and its
+# paraphrases and stay silent on neighbours; a locality failure with the part firing is a
+# routing failure, one without it is the base model's (or a shared part's) doing.
+_ROUTED = [
+    ("rewrite", ProbeKind.REWRITE, "the edit prompt itself", True),
+    ("paraphrase", ProbeKind.PARAPHRASE, "paraphrases of the edit prompt", True),
+    ("neighborhood", ProbeKind.NEIGHBORHOOD, "neighbourhood prompts", False),
+]
+for _name, _kind, _what, _higher in _ROUTED:
+    register(
+        f"routed_{_name}",
+        "routing",
+        ROUTE,
+        (_kind,),
+        f"share of {_what} on which the edit's added part fired",
+        routed_share,
+        higher_is_better=_higher,
+        measure="routing",
+    )

@@ -1,0 +1,233 @@
+"""What MeLLo and DeepEdit share: a memory of edited facts, stop-string generation, and a
+:class:`LanguageModel` whose every prompt is a question answered by a multi-step pipeline.
+
+Both methods leave the model as it is and answer by prompting it several times, reading edited
+facts from a memory between the calls. kedit's evaluation asks three things of a model: scores
+of targets, next-token log-probabilities, and generations. :class:`ReasoningLM` runs the
+pipeline on a prompt once (cached per wrapper: its memory only changes through a new edit, which
+makes a new wrapper) and answers
+
+* ``generate``: the pipeline's final answer (truncated to the tokens asked for);
+* ``score_targets`` and ``next_token_logprobs``: the model's own scores teacher-forced after the
+  pipeline's transcript up to and including its answer cue (MeLLo's ``Final answer:``,
+  DeepEdit's ``Answer:``). This is kedit's: the references only generate.
+
+A prompt in kedit's Q/A form (the MQuAKE probes: demonstrations, then ``Q: ... A:``) is asked as
+its last question, since the pipelines bring their own demonstrations; any other prompt (a cloze
+statement) is asked as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from kedit.methods._embed import Embedder
+from kedit.model.lm import HFLanguageModel, LanguageModel, TargetScore
+from kedit.model.prefix import PrefixCachedLM
+from kedit.types import EditRequest
+
+log = logging.getLogger(__name__)
+
+#: the last line of a Q/A prompt: ``Q: <question> A:`` (kedit, MQuAKE) or ``Question: ...``
+QA_LINE = re.compile(r"(?:Q|Question):\s*(?P<q>.+?)(?:\s+A(?:nswer)?:)?\s*")
+
+
+def fact_sentence(request: EditRequest) -> str:
+    """An edited fact as the references store it: ``prompt.format(subject) + " " + target``."""
+    return f"{request.text} {request.target_new}"
+
+
+def question_of(prompt: str) -> str:
+    """The question a prompt asks: the last ``Q: ... A:`` line of a Q/A prompt, else all of it."""
+    lines = [line for line in prompt.strip().split("\n") if line.strip()]
+    found = QA_LINE.fullmatch(lines[-1].strip()) if lines else None
+    return found.group("q").strip() if found else prompt.strip()
+
+
+def read_demonstrations(path: Path | None, shots: int | None, what: str) -> str:
+    """The first ``shots`` demonstrations (blocks separated by a blank line) of a benchmark
+    prompt file, read in place; ``shots=0`` reads nothing."""
+    if shots == 0:
+        return ""
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            f"{what} reads its few-shot prompt from {path or '<data_dir>/mquake/prompts/'} "
+            "(MQuAKE's prompts folder beside MQuAKE-CF.json): set KEDIT_DATA_DIR to the folder "
+            "that holds mquake/, or set shots=0 to run without demonstrations"
+        )
+    blocks = [b.strip() for b in path.read_text(encoding="utf-8").split("\n\n") if b.strip()]
+    return "\n\n".join(blocks[:shots] if shots is not None else blocks)
+
+
+def generate_until(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    cut: Callable[[str], int | None],
+    max_new_tokens: int,
+    chunk_tokens: int,
+) -> list[str]:
+    """Greedy continuations of ``prompts``, each ended where ``cut(text)`` first gives a
+    position (the text is cut there), by end of text, or after ``max_new_tokens`` tokens.
+
+    Generation runs in chunks of ``chunk_tokens`` (batched over the prompts still open) so that
+    a stop string ends it early; a chunk that comes back empty ends a prompt's generation.
+    """
+    texts = [""] * len(prompts)
+    open_rows = list(range(len(prompts)))
+    spent = 0
+    while open_rows and spent < max_new_tokens:
+        n = min(chunk_tokens, max_new_tokens - spent)
+        outs = lm.generate([prompts[i] + texts[i] for i in open_rows], n)
+        spent += n
+        still = []
+        for i, out in zip(open_rows, outs):
+            texts[i] += out
+            where = cut(texts[i])
+            if where is not None:
+                texts[i] = texts[i][:where]
+            elif out:
+                still.append(i)
+        open_rows = still
+    return texts
+
+
+class FactMemory:
+    """Edited facts as sentences (duplicates once, in order) and their sentence embeddings;
+    retrieval by the dot product of embeddings, as the references' ``retrieve_facts``."""
+
+    def __init__(self, facts: Sequence[EditRequest], embedder: Embedder) -> None:
+        by_sentence = {fact_sentence(f): f for f in facts}
+        self.facts = list(by_sentence.values())
+        self.sentences = list(by_sentence)
+        self.embedder = embedder
+        self.vectors = embedder.encode(self.sentences)  # (facts, dim)
+
+    def retrieve(self, queries: Sequence[str], k: int) -> list[list[int]]:
+        """Indices of the ``k`` facts nearest to each query, nearest first."""
+        if not queries or not self.sentences:
+            return [[] for _ in queries]
+        sims = self.embedder.encode(list(queries)) @ self.vectors.T  # (queries, facts)
+        return sims.topk(min(k, len(self.sentences)), dim=-1).indices.tolist()
+
+
+@dataclass
+class Outcome:
+    """One question's run: the transcript up to and including the answer cue, the answer (None
+    when the pipeline ran out of steps: then the model answers after the transcript) and a
+    JSON-safe trace of why."""
+
+    transcript: str
+    answer: str | None
+    trace: dict[str, Any] = field(default_factory=dict)
+
+
+class ReasoningLM:
+    """A :class:`LanguageModel` whose prompts are questions answered by ``pipeline``.
+
+    Args:
+        lm: the model the pipeline prompts, and that scores after its transcripts.
+        hf_model: the Hugging Face model inside (for ``hf_module``); None for a scripted ``lm``.
+        facts: the edited facts so far (a later edit of a session adds to them).
+        pipeline: questions -> their :class:`Outcome`\\ s.
+        method: the registry name of the method whose pipeline it is.
+
+    ``traces[prompt]`` is the trace of every prompt asked so far; ``summary`` counts them
+    (JSON-safe, shared with the edit's ``info``).
+    """
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        hf_model: Any,
+        facts: Sequence[EditRequest],
+        pipeline: Callable[[list[str]], list[Outcome]],
+        method: str,
+    ) -> None:
+        self.lm = lm
+        self.method = method
+        self.tokenizer = lm.tokenizer
+        self.hf_model = hf_model
+        self.facts = list(facts)
+        self.pipeline = pipeline
+        self.traces: dict[str, dict[str, Any]] = {}
+        self.summary: dict[str, Any] = {"questions": 0, "answered": 0, "answers_from_memory": 0}
+        self._outcomes: dict[str, Outcome] = {}
+
+    def outcomes(self, prompts: Sequence[str]) -> list[Outcome]:
+        """Each prompt's outcome, running the pipeline once for the questions not seen yet."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._outcomes))
+        if missing:
+            for prompt, outcome in zip(missing, self.pipeline([question_of(p) for p in missing])):
+                self._outcomes[prompt] = outcome
+                self.traces[prompt] = outcome.trace
+                self.summary["questions"] += 1
+                self.summary["answered"] += outcome.answer is not None
+                self.summary["answers_from_memory"] += outcome.trace.get("answer_from") == "memory"
+        return [self._outcomes[p] for p in prompts]
+
+    def score_targets(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
+        transcripts = [o.transcript for o in self.outcomes(prompts)]
+        return self.lm.score_targets(transcripts, targets)
+
+    def next_token_logprobs(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self.lm.next_token_logprobs([o.transcript for o in self.outcomes(prompts)])
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int | Sequence[int],
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop_at_eos: bool = True,
+    ) -> list[str]:
+        """The pipeline's answers (the pipeline is greedy, as the references); where it found
+        none, the model's greedy first line after the transcript. With ``top_k`` (sampled
+        texts), the model's samples after the transcripts."""
+        outcomes = self.outcomes(prompts)
+        transcripts = [o.transcript for o in outcomes]
+        if top_k is not None:
+            return self.lm.generate(transcripts, max_new_tokens, top_k, seed, stop_at_eos)
+        limits = (
+            [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else max_new_tokens
+        )
+        open_rows = [i for i, o in enumerate(outcomes) if o.answer is None]
+        texts = [f" {o.answer}" if o.answer is not None else "" for o in outcomes]
+        if open_rows:
+            outs = self.lm.generate(
+                [transcripts[i] for i in open_rows], [limits[i] for i in open_rows]
+            )
+            for i, out in zip(open_rows, outs):
+                texts[i] = out.split("\n", 1)[0]
+        return [self._truncate(t, n) for t, n in zip(texts, limits)]
+
+    def _truncate(self, text: str, n: int) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= n else self.tokenizer.decode(ids[:n])
+
+
+def prompted_model(
+    model: Any, tok: PreTrainedTokenizerBase, method: str, prefix: str
+) -> tuple[LanguageModel, Any, list[EditRequest]]:
+    """What an edit of ``method`` prompts, the Hugging Face model inside, and the facts of the
+    earlier edits: those of ``model`` when it is this method's wrapper (a later edit of a
+    session), else none, with a model whose prompts' common start ``prefix`` (the few-shot
+    demonstrations) has its keys and values computed now, once (and again if a weight
+    changes)."""
+    if isinstance(model, ReasoningLM):
+        if model.method != method:
+            raise ValueError(f"{method} cannot add its memory to a {model.method} edit")
+        return model.lm, model.hf_model, model.facts
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{method} edits a Hugging Face model, not a {type(model).__name__}")
+    lm = PrefixCachedLM(HFLanguageModel(model, tok), prefix)
+    lm.prefix_kv()
+    return lm, model, []
