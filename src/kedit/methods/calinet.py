@@ -52,7 +52,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +64,9 @@ from transformers.activations import ACT2FN
 from transformers.optimization import Adafactor
 
 from kedit.config import MethodConfig
+from kedit.methods._pararel import RELATIONS
 from kedit.methods._routing import RoutedLM
+from kedit.methods._suffix import step_logits
 from kedit.methods._templates import context_templates, fill, flatten
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
@@ -75,23 +77,6 @@ from kedit.model.tokens import PromptTarget, encode_prompt_target, pad, pad_id
 from kedit.types import EditRequest
 
 log = logging.getLogger(__name__)
-
-#: ParaRel relation prompts for the CKA's negatives: dqxiu/CaliNet ``cka/relations.jsonl``
-#: (``template``, cut before ``[Y]``), those whose object ends the sentence; P17, P30 and P276
-#: share P131's wording and are left out.
-# fmt: off
-RELATIONS: tuple[tuple[str, str], ...] = (
-    ("P19", "{} was born in"), ("P20", "{} died in"), ("P36", "The capital of {} is"),
-    ("P37", "The official language of {} is"), ("P101", "{} works in the field of"),
-    ("P103", "The native language of {} is"), ("P108", "{} works for"), ("P127", "{} is owned by"),
-    ("P131", "{} is located in"), ("P138", "{} is named after"),
-    ("P159", "The headquarter of {} is in"), ("P176", "{} is produced by"),
-    ("P178", "{} is developed by"), ("P407", "{} was written in"),
-    ("P449", "{} was originally aired on"), ("P463", "{} is a member of"),
-    ("P495", "{} was created in"), ("P740", "{} was founded in"), ("P937", "{} used to work in"),
-    ("P1412", "{} used to communicate in"),
-)
-# fmt: on
 
 
 @dataclass(kw_only=True)
@@ -282,7 +267,7 @@ class CaliNET(EditMethod):
                 for t in flatten(groups)
             ]
             slots = self._add_slots(model, edit)
-            edit.info.update(self._train(model, tok, slots, rows))
+            edit.info.update(self._train(model, tok, slots, rows, min(cfg.blocks(model))))
         edit.info["calibrated"] = len(chosen)
         edit.info["facts"] = [
             {"prompt": r.text, "target": r.target_new, "calibrated": r in chosen}
@@ -324,6 +309,7 @@ class CaliNET(EditMethod):
         tok: PreTrainedTokenizerBase,
         slots: list[tuple[CalibrationSlots, int]],
         rows: list[PromptTarget],
+        first_block: int,
     ) -> dict[str, Any]:
         """Adafactor on the new slots, on the target tokens of all rows, until every target
         token is the argmax or ``num_steps``."""
@@ -336,12 +322,15 @@ class CaliNET(EditMethod):
             with frozen(model):
                 for p in params:
                     p.requires_grad_(True)
+                chunks = [
+                    rows[i : i + cfg.micro_batch] for i in range(0, len(rows), cfg.micro_batch)
+                ]
+                passes = [_chunk_pass(model, tok, chunk, first_block) for chunk in chunks]
                 for step in range(cfg.num_steps + 1):
                     optimiser.zero_grad()
                     loss, solved = 0.0, True
-                    for start in range(0, len(rows), cfg.micro_batch):
-                        chunk = rows[start : start + cfg.micro_batch]
-                        chunk_loss, chunk_solved = _target_loss(model, tok, chunk)
+                    for forward, labels, _ in passes:
+                        chunk_loss, chunk_solved = _target_loss(forward(), labels)
                         (chunk_loss / n_tokens).backward()
                         loss += chunk_loss.item() / n_tokens
                         solved = solved and chunk_solved
@@ -355,22 +344,31 @@ class CaliNET(EditMethod):
             for p in params:
                 p.grad = None
         log.info("CaliNET: %d rows, %d steps, loss %.4f", len(rows), step, loss)
-        return {"steps": step, "loss": loss, "rows": len(rows)}
+        fast = all(f for *_, f in passes)
+        return {"steps": step, "loss": loss, "rows": len(rows), "suffix_pass": fast}
 
 
-def _target_loss(
-    model: nn.Module, tok: PreTrainedTokenizerBase, rows: Sequence[PromptTarget]
-) -> tuple[torch.Tensor, bool]:
-    """Summed cross-entropy of the rows' target tokens (left-padded, teacher-forced), and
-    whether each of them is the argmax."""
+def _chunk_pass(
+    model: nn.Module, tok: PreTrainedTokenizerBase, rows: Sequence[PromptTarget], first: int
+) -> tuple[Callable[[], torch.Tensor], torch.Tensor, bool]:
+    """What gives a micro-batch's logits at its last target positions (left-padded; the blocks
+    below ``first`` passed once where that holds, ``_suffix``: the third value), and the labels
+    they predict (-100 where none)."""
     batch = pad([r.ids for r in rows], pad_id(tok), left=True).to(model_device(model))
     keep = max(len(r.target_ids) for r in rows) + 1
-    logits = select_logits(model, {**batch.model_inputs(), "use_cache": False}, keep)
     labels = torch.full((len(rows), keep - 1), -100, dtype=torch.long)  # (rows, keep - 1)
     for i, row in enumerate(rows):
         labels[i, keep - 1 - len(row.target_ids) :] = torch.tensor(row.target_ids)
-    labels = labels.to(logits.device)
-    predicting = logits[:, :-1].float()  # (rows, keep - 1, vocab): position t predicts t + 1
+    forward, fast = step_logits(
+        model, batch.model_inputs(), first, lambda inputs: select_logits(model, inputs, keep)
+    )
+    return forward, labels.to(batch.input_ids.device), fast
+
+
+def _target_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Summed cross-entropy of the target tokens (position t predicts t + 1), and whether each
+    of them is the argmax."""
+    predicting = logits[:, :-1].float()  # (rows, keep - 1, vocab)
     loss = F.cross_entropy(predicting.transpose(1, 2), labels, ignore_index=-100, reduction="sum")
     scored = labels != -100
     solved = bool((predicting.argmax(-1) == labels)[scored].all())

@@ -44,6 +44,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
 from kedit.methods._routing import RoutedLM
+from kedit.methods._suffix import step_logits
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
 from kedit.model.arch import arch_of, get_module, num_layers
@@ -218,7 +219,8 @@ class GRACE(EditMethod):
         model = hf_module(model)
         (request,) = requests
         cfg = self.config
-        path = arch_of(model).path(cfg.module, arch_of(model).check_layer(model, cfg.block(model)))
+        layer = arch_of(model).check_layer(model, cfg.block(model))
+        path = arch_of(model).path(cfg.module, layer)
         pair = encode_prompt_target(tok, request.text, request.target_new)
         codebook = get_module(model, path)
         wrapped = path + ".layer" if isinstance(codebook, GraceCodebook) else path
@@ -230,7 +232,9 @@ class GRACE(EditMethod):
         edit.save_state(codebook)
         index = self._update_codebook(codebook, query, layer_out, request.target_new)
         codebook.replacement = cfg.replacement
-        edit.info["loss"] = self._train_value(model, codebook, index, pair)
+        edit.info["loss"], edit.info["suffix_pass"] = self._train_value(
+            model, codebook, index, pair, layer
+        )
         edit.info.update(layer=path, codebook_size=len(codebook.labels))
         edit.wrap(GraceLM(model, tok, codebook))
 
@@ -266,10 +270,11 @@ class GRACE(EditMethod):
         return index
 
     def _train_value(
-        self, model: nn.Module, codebook: GraceCodebook, index: int, pair: PromptTarget
-    ) -> float:
+        self, model: nn.Module, codebook: GraceCodebook, index: int, pair: PromptTarget, first: int
+    ) -> tuple[float, bool]:
         """Adam on row ``index`` of the codebook values, for the target's teacher-forced loss,
-        the codebook queried at the last prompt token."""
+        the codebook queried at the last prompt token: the loss, and whether the steps ran the
+        blocks from the codebook's (``first``) on only (``_suffix``)."""
         cfg = self.config
         batch = pad([pair.ids], 0, left=False).to(model_device(model))
         target = torch.tensor(pair.target_ids, device=batch.input_ids.device)
@@ -282,8 +287,9 @@ class GRACE(EditMethod):
         try:
             with frozen(model), codebook.querying(key_column):
                 codebook.values.requires_grad_(True)
+                forward, fast = step_logits(model, batch.model_inputs(), first)  # blocks >= it
                 for _ in range(cfg.n_iter):
-                    logits = model(**batch.model_inputs(), use_cache=False).logits[0]
+                    logits = forward()[0]
                     step_loss = F.cross_entropy(logits[predicting].float(), target)
                     loss = step_loss.item()
                     if loss < cfg.early_stop_loss:
@@ -294,4 +300,4 @@ class GRACE(EditMethod):
                     optimiser.step()
         finally:
             codebook.values.grad = None
-        return loss
+        return loss, fast

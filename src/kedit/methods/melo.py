@@ -35,10 +35,9 @@ cluster (reference bug: the oldest, so a conflicting re-edit of one input routes
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,6 +49,8 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
 from kedit.methods._routing import RoutedLM
+from kedit.methods._suffix import step_logits
+from kedit.methods._vecdb import NO_BLOCK, VecDB
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
 from kedit.model.arch import arch_of, get_module, is_conv1d, num_layers
@@ -61,8 +62,6 @@ from kedit.types import EditRequest
 log = logging.getLogger(__name__)
 
 ADAPTER = "melo"
-NO_BLOCK = -1  # the reference's NO_LORA
-EXACT = "donot_use_mm_for_euclid_dist"  # the reference's cdist mode
 
 
 @dataclass(kw_only=True)
@@ -107,82 +106,6 @@ class MELOConfig(MethodConfig):
             raise ValueError("num_block, num_rank_per_block and num_edit_per_block must be >= 1")
         if self.init_radius <= 0 or self.edit_lr <= 0 or self.num_iter < 1:
             raise ValueError("init_radius and edit_lr must be positive, num_iter at least 1")
-
-
-@dataclass
-class Cluster:
-    centre: torch.Tensor  # (d,)
-    radius: float
-    label: str
-    keys: torch.Tensor  # (points, d)
-    blocks: list[int]  # the block of each point
-
-
-def _dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances ``(len(a), len(b))``, without the matmul shortcut's rounding."""
-    return torch.cdist(a.float(), b.to(a.device).float(), compute_mode=EXACT)
-
-
-class VecDB:
-    """Clusters of edit keys (on CPU), each point pointing at a LoRA block."""
-
-    def __init__(self, init_radius: float) -> None:
-        self.init_radius = init_radius
-        self.clusters: list[Cluster] = []
-        self.conflicts = self.forgotten = 0
-
-    def copy(self) -> VecDB:
-        """A copy to restore later (tensors are replaced, never changed in place)."""
-        db = copy.copy(self)
-        db.clusters = [replace(c, blocks=list(c.blocks)) for c in self.clusters]
-        return db
-
-    def search(self, queries: torch.Tensor) -> torch.Tensor:
-        """The block of each query ``(batch, d)``, or NO_BLOCK: ``(batch,)`` long on CPU."""
-        blocks = torch.full((len(queries),), NO_BLOCK, dtype=torch.long)
-        if not self.clusters:
-            return blocks
-        dist, nearest = self._nearest(queries)
-        for row, (d, i) in enumerate(zip(dist.tolist(), nearest.tolist())):
-            if d <= self.clusters[i].radius:
-                point = _dist(queries[row : row + 1], self.clusters[i].keys).argmin()
-                blocks[row] = self.clusters[i].blocks[int(point)]
-        return blocks
-
-    def add(self, key: torch.Tensor, label: str, block: int) -> None:
-        """Update with one edit key (the rules in the module docstring)."""
-        key = key.detach().float().cpu()
-        if not self.clusters:
-            return self._new(key, label, block)
-        d, i = self._nearest(key[None])
-        d, cluster = float(d[0]), self.clusters[int(i[0])]
-        if d > cluster.radius + self.init_radius:
-            self._new(key, label, block)
-        elif label == cluster.label:
-            cluster.keys = torch.cat([cluster.keys, key[None]])
-            cluster.blocks = [*cluster.blocks, block]
-            cluster.centre = cluster.keys.mean(0)
-            spread = float(_dist(cluster.keys, cluster.centre[None]).max())
-            cluster.radius = max(spread, self.init_radius)
-        else:  # a conflict: split the radii, forget the old cluster's points outside its own
-            self._new(key, label, block, radius=d / 2 + 1e-5)
-            cluster.radius = d / 2 - 1e-5
-            inside = _dist(cluster.keys, cluster.centre[None])[:, 0] <= cluster.radius
-            self.conflicts += 1
-            self.forgotten += int((~inside).sum())
-            cluster.blocks = [b for b, keep in zip(cluster.blocks, inside.tolist()) if keep]
-            cluster.keys = cluster.keys[inside]
-            if not cluster.blocks:  # the reference keeps the centre, pointing at no block
-                cluster.keys, cluster.blocks = cluster.centre[None], [NO_BLOCK]
-
-    def _nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distance to, and index of, each query's nearest centre (the newest on a tie)."""
-        dist = _dist(queries, torch.stack([c.centre for c in self.clusters])).flip(-1)
-        index = dist.argmin(-1)  # (batch,), newest first
-        return dist.gather(-1, index[:, None])[:, 0], len(self.clusters) - 1 - index
-
-    def _new(self, key: torch.Tensor, label: str, block: int, radius: float = 0.0) -> None:
-        self.clusters.append(Cluster(key, radius or self.init_radius, label, key[None], [block]))
 
 
 class MeloKey(nn.Module):
@@ -286,7 +209,7 @@ class MELO(EditMethod):
         edit: Edit,
     ) -> None:
         model, cfg = hf_module(model), self.config
-        key_path, lora_paths = self._paths(model)
+        key_path, lora_paths, first = self._paths(model)
         key = self._attach(model, key_path, lora_paths, edit)
         for start in range(0, len(requests), cfg.num_edit_per_block):
             chunk = requests[start : start + cfg.num_edit_per_block]
@@ -302,22 +225,24 @@ class MELO(EditMethod):
             key.db.init_radius, key.next_block = cfg.init_radius, block + 1
             for k, request in zip(keys, chunk):
                 key.db.add(k, request.target_new, block)
-            edit.info["loss"] = self._train_block(model, key, block, batch, pairs)
+            edit.info["loss"], edit.info["suffix_pass"] = self._train_block(
+                model, key, block, batch, pairs, first
+            )
         edit.info.update(
             key_layer=key_path, lora_layers=lora_paths, blocks_used=key.next_block,
             clusters=len(key.db.clusters), conflicts=key.db.conflicts, forgotten=key.db.forgotten,
         )  # fmt: skip
         edit.wrap(MeloLM(model, tok, key))
 
-    def _paths(self, model: nn.Module) -> tuple[str, list[str]]:
-        """The key module's path and the LoRA modules' paths."""
+    def _paths(self, model: nn.Module) -> tuple[str, list[str], int]:
+        """The key module's path, the LoRA modules' paths, the key's block."""
         cfg, arch = self.config, arch_of(model)
         n = num_layers(model)
         block = cfg.layer if cfg.layer is not None else min(n - 1, round(cfg.depth * n))
         block = arch.check_layer(model, block)
         blocks = [arch.check_layer(model, block + offset) for offset in cfg.lora_offsets]
         lora = [path for b in blocks for path in arch.paths(cfg.lora_module, b)]
-        return arch.paths(cfg.key_module, block)[0], lora
+        return arch.paths(cfg.key_module, block)[0], lora, block
 
     def _attach(self, model: nn.Module, key_path: str, paths: list[str], edit: Edit) -> MeloKey:
         """The key module and LoRA layers: an earlier edit's, else new ones swapped in."""
@@ -368,9 +293,16 @@ class MELO(EditMethod):
         return trace.output[torch.arange(len(columns)), torch.tensor(columns)].float()
 
     def _train_block(
-        self, model: nn.Module, key: MeloKey, block: int, batch: Batch, pairs: list[PromptTarget]
-    ) -> float:
-        """Adam, StepLR(20, 0.5), on ``block``'s ranks, every row routed to ``block``."""
+        self,
+        model: nn.Module,
+        key: MeloKey,
+        block: int,
+        batch: Batch,
+        pairs: list[PromptTarget],
+        first: int,
+    ) -> tuple[float, bool]:
+        """Adam, StepLR(20, 0.5), on ``block``'s ranks, every row routed to ``block``: the
+        loss, and whether the steps ran the blocks from the key's (``first``) on only."""
         cfg = self.config
         labels = torch.full_like(batch.input_ids, -100)  # (batch, seq): the token predicted
         for row, p in enumerate(pairs):
@@ -383,8 +315,9 @@ class MELO(EditMethod):
             with frozen(model):
                 for p in params:
                     p.requires_grad_(True)
+                forward, fast = step_logits(model, batch.model_inputs(), first)  # blocks >= key's
                 for _ in range(cfg.num_iter):
-                    logits = model(**batch.model_inputs(), use_cache=False).logits
+                    logits = forward()
                     step_loss = F.cross_entropy(logits.float().transpose(1, 2), labels)
                     loss = step_loss.item()
                     optimiser.zero_grad()
@@ -395,4 +328,4 @@ class MELO(EditMethod):
             key.forced = None
             optimiser.zero_grad(set_to_none=True)
         log.info("MELO block %d trained: loss %.4f", block, loss)
-        return loss
+        return loss, fast

@@ -32,11 +32,11 @@ read every token given; no max over tokens past 100 tokens. Weight decay acts in
 gradient mask, so masked entries stay equal to ``W``. The target loss is a plain token mean
 (the reference's denominator counts a prompt position and padding). ``W'`` keeps the layer's
 bias (the reference drops it but on GPT-2). A batch's rows are grouped by request, each with its
-own loc text; its activation is the smallest request's (the reference's slicing assumes one
-request). Loc texts: the statistics corpus (WikiText-2), ``LOC_TOKENS`` long, not Natural
-Questions (not in kedit). The largest qualifying ``D`` wins (the paper; the reference also makes
-a shard beat a non-qualifying ``W'``). TIES only, no replay (off in every reference config);
-``retrieve: False`` merges all stored memories at each merge, never at inference.
+own loc text; its activation is the smallest request's. Loc texts: the statistics corpus
+(WikiText-2), ``LOC_TOKENS`` long, not Natural Questions (not in kedit). The largest qualifying
+``D`` wins (the paper; the reference also makes a shard beat a non-qualifying ``W'``). TIES only,
+no replay (off in every reference config); ``retrieve: False`` merges all stored memories at
+each merge, never at inference. Steps run the blocks from the memory's on only (``_suffix``).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from transformers.activations import ACT2FN
 from kedit.config import MethodConfig
 from kedit.corpus import load_corpus
 from kedit.methods._routing import RoutedLM
+from kedit.methods._suffix import step_logits
 from kedit.methods._templates import context_templates, fill, flatten
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
@@ -69,8 +70,7 @@ from kedit.types import EditRequest
 
 log = logging.getLogger(__name__)
 
-#: tokens kept of each unrelated text (about a Natural Questions question, the reference's loc)
-LOC_TOKENS = 24
+LOC_TOKENS = 24  # kept of each unrelated text (about a Natural Questions question's length)
 
 
 @dataclass(kw_only=True)
@@ -123,9 +123,7 @@ class WISEConfig(MethodConfig):
         if len(self.act_margin) != 3 or min(self.act_margin) < 0:
             raise ValueError(f"act_margin is [alpha, beta, gamma] >= 0, got {self.act_margin}")
         if self.save_freq < 1 or self.merge_freq < 1 or self.merge_freq % self.save_freq:
-            raise ValueError(
-                f"merge_freq must be a multiple of save_freq: {self.merge_freq}, {self.save_freq}"
-            )
+            raise ValueError(f"merge_freq must be a multiple of save_freq >= 1: {self.merge_freq}")
         if not 0 < self.depth <= 1:
             raise ValueError(f"depth is a fraction of the depth in (0, 1], got {self.depth}")
         if any(len(p) != 2 or min(p) < 1 for p in self.context_template_length_params):
@@ -140,9 +138,8 @@ class WISEConfig(MethodConfig):
 
 
 class WiseMemory(nn.Module):
-    """The main memory (the wrapped layer), the side memories and the router. Weights are
-    ``(d_out, d_in)`` fp32 plain attributes, replaced, never changed in place: a saved state is
-    a set of references."""
+    """The main memory (the wrapped layer), side memories and router. Weights: fp32 ``(d_out,
+    d_in)`` attributes, replaced, never changed in place (a saved state is references)."""
 
     def __init__(self, layer: nn.Module, act: nn.Module) -> None:
         super().__init__()
@@ -288,7 +285,8 @@ class WISE(EditMethod):
     ) -> None:
         model = hf_module(model)
         cfg = self.config
-        path = arch_of(model).path(cfg.module, arch_of(model).check_layer(model, cfg.block(model)))
+        layer = arch_of(model).check_layer(model, cfg.block(model))
+        path = arch_of(model).path(cfg.module, layer)
         with edit.unedited():  # cached under the unedited model's fingerprint
             groups = context_templates(model, tok, self.env, cfg.context_template_length_params)
         memory = get_module(model, path)
@@ -299,9 +297,10 @@ class WISE(EditMethod):
         memory.act_ratio = cfg.act_ratio
         rows = self._rows(tok, requests, flatten(groups), seed=self.env.seed + memory.edits)
         mask = memory.mask if memory.mask is not None else self._new_mask(memory)
-        side, act, loss = self._train(model, memory, rows, mask)
+        side, act, loss, fast = self._train(model, memory, rows, mask, layer)
         memory.commit(side, mask, act, cfg)
         edit.info.update(layer=path, loss=loss, activation=act, shards=len(memory.memories))
+        edit.info["suffix_pass"] = fast
         edit.wrap(WiseLM(model, tok, memory))
 
     def _rows(
@@ -340,9 +339,9 @@ class WISE(EditMethod):
         return (draw < self.config.mask_ratio).to(memory.side.device)
 
     def _train(
-        self, model: nn.Module, memory: WiseMemory, rows: Rows, mask: Tensor
-    ) -> tuple[Tensor, float, float]:
-        """SGD on a copy of the side memory: (the trained copy, the edit's activation, loss)."""
+        self, model: nn.Module, memory: WiseMemory, rows: Rows, mask: Tensor, first: int
+    ) -> tuple[Tensor, float, float, bool]:
+        """SGD on a copy of the side memory: (the copy, activation, loss, suffix pass taken)."""
         cfg = self.config
         device = model_device(model)
         batch, labels, read = rows.batch.to(device), rows.labels.to(device), rows.read.to(device)
@@ -353,8 +352,9 @@ class WISE(EditMethod):
         previous = last = act = math.inf
         alpha, beta, gamma = cfg.act_margin
         with frozen(model), memory.setting(train_weight=side):
+            forward, fast = step_logits(model, batch.model_inputs(), first)  # blocks >= first
             for _ in range(cfg.n_iter):
-                logits = model(**batch.model_inputs(), use_cache=False).logits  # (rows, seq, V)
+                logits = forward()  # (rows, seq, V)
                 target_loss = _target_loss(logits[:n_edit], labels[:n_edit])
                 dist = memory.distance(*memory.outputs, read)  # (rows,)
                 d_edit = dist[:n_edit].view(rows.shape)
@@ -374,7 +374,7 @@ class WISE(EditMethod):
                         side.copy_(torch.clamp(side, main - bound, main + bound))
                 previous, last = last, loss.item()
         log.debug("WISE: loss %.4f, activation %.3f", loss.item(), act)
-        return side.detach(), act, loss.item()
+        return side.detach(), act, loss.item(), fast
 
 
 def activation(model: nn.Module) -> nn.Module:

@@ -1,0 +1,107 @@
+"""Training inside block ``k`` without running the blocks below it at every step.
+
+A method that trains something in block ``k`` (WISE's side memory, MELO's LoRA blocks, CaliNET's
+slots, GRACE's value) with the model's weights fixed passes the same batch through the model at
+every step, and blocks ``0 .. k-1`` give block ``k`` the same input each time. :class:`SuffixPass`
+records that input once and runs the steps with those blocks replaced by stand-ins that hand it
+on (the model's own loop, embeddings, masks and positions run as usual), so each step costs the
+blocks from ``k`` on. Whether the model's loop allows that (blocks called in order on the hidden
+state alone, nothing between them) is checked, not assumed: :meth:`SuffixPass.matches` compares
+the first step with a full pass, and the caller keeps full passes where it does not match.
+Passes run without a key-value cache (the stand-ins add none).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from kedit.model.arch import arch_of, get_module
+from kedit.model.hooks import Trace, run_until_stopped
+
+log = logging.getLogger(__name__)
+
+
+class _HandOn(nn.Module):
+    """Stands in for a block below ``k``: returns ``value`` (block ``k``'s recorded input) or,
+    with none, the hidden state it is given."""
+
+    def __init__(self, block: nn.Module, value: torch.Tensor | None) -> None:
+        super().__init__()
+        self.value = value
+        if hasattr(block, "attention_type"):  # read by some models' loops (sliding windows)
+            self.attention_type = block.attention_type
+
+    def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.value if self.value is not None else hidden
+
+
+Forward = Callable[[dict[str, Any]], torch.Tensor]
+
+
+class SuffixPass:
+    """Logits of one batch (``inputs``, without a cache) from the blocks from ``first`` on;
+    ``forward`` computes logits from the inputs (default: the model's, at every position)."""
+
+    @torch.no_grad()
+    def __init__(
+        self, model: nn.Module, inputs: dict[str, Any], first: int, forward: Forward | None = None
+    ) -> None:
+        self.model, self.first = model, first
+        self.inputs = {**inputs, "use_cache": False}
+        self.forward = forward or (lambda x: model(**x).logits)
+        arch = arch_of(model)
+        self.layers = get_module(model, arch.layers)
+        with Trace(model, arch.path("block", first), retain_input=True, stop=True) as trace:
+            run_until_stopped(model, **self.inputs)
+        self.hidden = trace.input  # (batch, seq, d_model)
+
+    @contextmanager
+    def _blocks_replaced(self) -> Iterator[None]:
+        saved = [self.layers[i] for i in range(self.first)]
+        try:
+            for i, block in enumerate(saved):
+                self.layers[i] = _HandOn(block, self.hidden if i == self.first - 1 else None)
+            yield
+        finally:
+            for i, block in enumerate(saved):
+                self.layers[i] = block
+
+    def logits(self) -> torch.Tensor:
+        """``(batch, seq, vocab)``, with gradients for what trains in the blocks from ``first``."""
+        if self.first == 0:
+            return self.forward(self.inputs)
+        with self._blocks_replaced():
+            return self.forward(self.inputs)
+
+    def matches(self, full_logits: torch.Tensor) -> bool:
+        """Whether :meth:`logits` equals ``full_logits`` (a full pass of the same weights) up to
+        float noise; False, too, where the model's loop does not take the stand-ins."""
+        try:
+            with torch.no_grad():
+                fast = self.logits().float()
+        except (AttributeError, TypeError, IndexError, ValueError) as err:
+            # a loop that needs more of its blocks: full passes (which raise a real error again)
+            log.debug("suffix pass from block %d not taken: %s", self.first, err)
+            return False
+        scale = full_logits.detach().float().abs().max().clamp_min(1.0)
+        return bool((fast - full_logits.detach().float()).abs().max() <= 1e-4 * scale)
+
+
+def step_logits(
+    model: nn.Module, inputs: dict[str, Any], first: int, forward: Forward | None = None
+) -> tuple[Callable[[], torch.Tensor], bool]:
+    """What each training step of a batch calls for its logits, and whether it is the suffix
+    pass: :class:`SuffixPass` from block ``first`` where it matches a full pass of the weights
+    as they are now, else full passes."""
+    suffix = SuffixPass(model, inputs, first, forward)
+    with torch.no_grad():
+        full = suffix.forward(suffix.inputs)
+    if suffix.matches(full):
+        return suffix.logits, True
+    return (lambda: suffix.forward(suffix.inputs)), False
