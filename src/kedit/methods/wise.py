@@ -251,7 +251,6 @@ class WiseLM(RoutedLM):
 
     def __init__(self, model: nn.Module, tok: PreTrainedTokenizerBase, memory: WiseMemory):
         super().__init__(model, tok, [memory])
-        self.hf_model = model
         self.memory = memory
 
     def _last_logits(self, batch: Batch, keep: int) -> Tensor:
