@@ -19,6 +19,8 @@ from typing import Protocol
 
 import torch
 
+from kedit.env import Environment
+
 LEXICAL_DIM = 4096
 
 
@@ -99,6 +101,11 @@ def cached_encode(embedder: Embedder, texts: Sequence[str], cache_dir: Path) -> 
     save_file({"vectors": vectors.contiguous()}, str(tmp))
     tmp.replace(path)
     return vectors
+
+
+def shared_embedder(env: Environment, name: str) -> Embedder:
+    """The embedder ``name``, made once per environment (loading MiniLM costs seconds)."""
+    return env.memo(("embedder", name), lambda: make_embedder(name))
 
 
 def make_embedder(name: str) -> Embedder:

@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import logging
 import re
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from kedit.methods._embed import Embedder
+from kedit.methods._embed import Embedder, shared_embedder
+from kedit.methods.base import EditMethod
+from kedit.methods.edit import Edit
 from kedit.model.lm import HFLanguageModel, LanguageModel, TargetScore
 from kedit.model.prefix import PrefixCachedLM
 from kedit.types import EditRequest
@@ -231,3 +234,43 @@ def prompted_model(
     lm = PrefixCachedLM(HFLanguageModel(model, tok), prefix)
     lm.prefix_kv()
     return lm, model, []
+
+
+class ReasoningMethod(EditMethod):
+    """What MeLLo and DeepEdit share as methods: an edit adds its facts to the memory (those of
+    the session's earlier edits kept) and wraps the model in a :class:`ReasoningLM` over the
+    method's pipeline. A subclass names its benchmark prompt file and builds its pipeline."""
+
+    supports_batch = True
+    reads_context = True
+    #: the few-shot prompt, under the data directory
+    prompt_file: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def pipeline(
+        self, lm: LanguageModel, memory: FactMemory, demos: str
+    ) -> Callable[[list[str]], list[Outcome]]:
+        """The method's pipeline over ``lm`` and ``memory``, after ``demos``."""
+
+    def apply(
+        self,
+        model: Any,
+        tok: PreTrainedTokenizerBase,
+        requests: list[EditRequest],
+        edit: Edit,
+    ) -> None:
+        demos = self._demonstrations()
+        prefix = f"{demos}\n\nQuestion:" if demos else "Question:"
+        lm, hf_model, earlier = prompted_model(model, tok, self.name, prefix)
+        facts = [*earlier, *requests]
+        memory = FactMemory(facts, shared_embedder(self.env, self.config.embedder))
+        pipeline = self.pipeline(lm, memory, demos)
+        wrapper = ReasoningLM(lm, hf_model, facts, pipeline, self.name)
+        edit.wrap(wrapper)
+        edit.info["memory_facts"] = len(memory.sentences)
+        edit.info["questions"] = wrapper.summary  # counts of the questions asked so far
+
+    def _demonstrations(self) -> str:
+        data = self.env.data_dir
+        path = data.joinpath(*self.prompt_file) if data is not None else None
+        return read_demonstrations(path, self.config.shots, self.display_name)

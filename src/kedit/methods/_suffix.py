@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from kedit.model.arch import arch_of, get_module
-from kedit.model.hooks import Trace, run_until_stopped
+from kedit.model.hooks import Trace
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ class SuffixPass:
         self.forward = forward or (lambda x: model(**x).logits)
         arch = arch_of(model)
         self.layers = get_module(model, arch.layers)
-        with Trace(model, arch.path("block", first), retain_input=True, stop=True) as trace:
-            run_until_stopped(model, **self.inputs)
+        with Trace(model, arch.path("block", first), retain_input=True) as trace:
+            #: a full pass's logits, recorded on the way (what :meth:`matches` compares with)
+            self.full = self.forward(self.inputs)
         self.hidden = trace.input  # (batch, seq, d_model)
 
     @contextmanager
@@ -100,8 +101,7 @@ def step_logits(
     pass: :class:`SuffixPass` from block ``first`` where it matches a full pass of the weights
     as they are now, else full passes."""
     suffix = SuffixPass(model, inputs, first, forward)
-    with torch.no_grad():
-        full = suffix.forward(suffix.inputs)
-    if suffix.matches(full):
+    fast, suffix.full = suffix.matches(suffix.full), None  # the logits are not kept for the steps
+    if fast:
         return suffix.logits, True
     return (lambda: suffix.forward(suffix.inputs)), False

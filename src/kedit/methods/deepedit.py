@@ -54,22 +54,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import PreTrainedTokenizerBase
-
 from kedit.config import MethodConfig
-from kedit.methods._embed import Embedder, make_embedder
 from kedit.methods._reasoning import (
     FactMemory,
     Outcome,
-    ReasoningLM,
+    ReasoningMethod,
     generate_until,
-    prompted_model,
-    read_demonstrations,
 )
-from kedit.methods.base import EditMethod
-from kedit.methods.edit import Edit
 from kedit.model.lm import LanguageModel
-from kedit.types import EditRequest
 
 PROMPT_FILE = ("mquake", "prompts", "multihop-cot-prompts.txt")
 STEP_END = re.compile(r"\.(?=[ \n])|\n")
@@ -349,7 +341,7 @@ def _line_end(text: str) -> int | None:
     return end if end >= 0 else None
 
 
-class DeepEdit(EditMethod):
+class DeepEdit(ReasoningMethod):
     """Multi-hop editing by constrained, depth-first decoding over reasoning steps."""
 
     name = "deepedit"
@@ -357,33 +349,9 @@ class DeepEdit(EditMethod):
     paper = "Wang et al. 2024"
     family = "in-context"
     config_cls = DeepEditConfig
-    supports_batch = True
-    reads_context = True
+    prompt_file = PROMPT_FILE
 
-    def apply(
-        self,
-        model: Any,
-        tok: PreTrainedTokenizerBase,
-        requests: list[EditRequest],
-        edit: Edit,
-    ) -> None:
-        demos = self._demonstrations()
-        prefix = f"{demos}\n\nQuestion:" if demos else "Question:"
-        lm, hf_model, earlier = prompted_model(model, tok, self.name, prefix)
-        facts = [*earlier, *requests]
-        memory = FactMemory(facts, self._embedder())
-        pipeline = DeepEditPipeline(lm, memory, demos, self.config)
-        wrapper = ReasoningLM(lm, hf_model, facts, pipeline, self.name)
-        edit.wrap(wrapper)
-        edit.info["memory_facts"] = len(memory.sentences)
-        edit.info["questions"] = wrapper.summary  # counts of the questions asked so far
-
-    def _demonstrations(self) -> str:
-        data = self.env.data_dir
-        path = data.joinpath(*PROMPT_FILE) if data is not None else None
-        return read_demonstrations(path, self.config.shots, "DeepEdit")
-
-    def _embedder(self) -> Embedder:
-        return self.env.memo(
-            ("embedder", self.config.embedder), lambda: make_embedder(self.config.embedder)
-        )
+    def pipeline(
+        self, lm: LanguageModel, memory: FactMemory, demos: str
+    ) -> Callable[[list[str]], list[Outcome]]:
+        return DeepEditPipeline(lm, memory, demos, self.config)

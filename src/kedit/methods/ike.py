@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
 from kedit.data import load_dataset
-from kedit.methods._embed import Embedder, cached_encode, make_embedder
+from kedit.methods._embed import Embedder, cached_encode, shared_embedder
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
 from kedit.model.lm import HFLanguageModel, TargetScore, hf_module
@@ -161,9 +161,7 @@ class IKE(EditMethod):
         edit.info["context_chars"] = len(wrapper.context)
 
     def _embedder(self) -> Embedder:
-        return self.env.memo(
-            ("embedder", self.config.embedder), lambda: make_embedder(self.config.embedder)
-        )
+        return shared_embedder(self.env, self.config.embedder)
 
     def _pool(self, embedder: Embedder) -> tuple[list[EditCase], torch.Tensor]:
         cfg = self.config

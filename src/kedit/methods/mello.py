@@ -48,23 +48,17 @@ Deliberate differences from the notebook:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import PreTrainedTokenizerBase
-
 from kedit.config import MethodConfig
-from kedit.methods._embed import Embedder, make_embedder
 from kedit.methods._reasoning import (
     FactMemory,
     Outcome,
-    ReasoningLM,
+    ReasoningMethod,
     generate_until,
-    prompted_model,
-    read_demonstrations,
 )
-from kedit.methods.base import EditMethod
-from kedit.methods.edit import Edit
 from kedit.model.lm import LanguageModel
 from kedit.types import EditRequest
 
@@ -261,7 +255,7 @@ class MeLLoPipeline:
         return Outcome(transcript, run.answer, trace)
 
 
-class MeLLo(EditMethod):
+class MeLLo(ReasoningMethod):
     """Multi-hop editing by decomposition and retrieval from a memory of edited facts."""
 
     name = "mello"
@@ -269,34 +263,9 @@ class MeLLo(EditMethod):
     paper = "Zhong et al. 2023"
     family = "external-memory"
     config_cls = MeLLoConfig
-    supports_batch = True
-    reads_context = True
+    prompt_file = PROMPT_FILE
 
-    def apply(
-        self,
-        model: Any,
-        tok: PreTrainedTokenizerBase,
-        requests: list[EditRequest],
-        edit: Edit,
-    ) -> None:
-        demos = self._demonstrations()
-        prefix = f"{demos}\n\nQuestion:" if demos else "Question:"
-        lm, hf_model, earlier = prompted_model(model, tok, self.name, prefix)
-        facts = [*earlier, *requests]
-        memory = FactMemory(facts, self._embedder())
-        wrapper = ReasoningLM(
-            lm, hf_model, facts, MeLLoPipeline(lm, memory, demos, self.config), self.name
-        )
-        edit.wrap(wrapper)
-        edit.info["memory_facts"] = len(memory.sentences)
-        edit.info["questions"] = wrapper.summary  # counts of the questions asked so far
-
-    def _demonstrations(self) -> str:
-        data = self.env.data_dir
-        path = data.joinpath(*PROMPT_FILE) if data is not None else None
-        return read_demonstrations(path, self.config.shots, "MeLLo")
-
-    def _embedder(self) -> Embedder:
-        return self.env.memo(
-            ("embedder", self.config.embedder), lambda: make_embedder(self.config.embedder)
-        )
+    def pipeline(
+        self, lm: LanguageModel, memory: FactMemory, demos: str
+    ) -> Callable[[list[str]], list[Outcome]]:
+        return MeLLoPipeline(lm, memory, demos, self.config)
