@@ -182,6 +182,35 @@ def data_dir() -> Path:
     return path
 
 
+#: editors of the meta-learning methods trained once per test session, per (method, arch)
+_EDITORS: dict[tuple[str, str], Path] = {}
+
+
+def trained_editor(name: str, arch: str) -> Path:
+    """The folder of a briefly trained editor of meta-learning method ``name`` for
+    ``tiny_model(arch)`` and the ``tokenizer`` fixture's tokenizer (its ``tiny_configs`` entry:
+    a few steps on CounterFact's training split), trained the first time it is asked for."""
+    if (name, arch) not in _EDITORS:
+        import tempfile
+
+        from kedit.methods import METHODS
+        from kedit.train import train_editor, training_data
+        from tests.tiny_configs import tiny_config
+
+        model = tiny_model(arch)
+        env = Environment(cache_dir=Path(tempfile.mkdtemp(prefix=f"kedit-{name}-")))
+        env.progress = False
+        method = METHODS[name].for_model(model, tiny_config(name), env)
+        cfg = method.config
+        data = training_data(
+            cfg.train_data, data_dir(), cfg.val_size, cfg.batch_size, env.seed, limit=60
+        )
+        _EDITORS[name, arch] = train_editor(
+            method, model, train_tokenizer(bos=False), data, env, progress_bar=False
+        ).folder
+    return _EDITORS[name, arch]
+
+
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -23,7 +23,7 @@ from kedit.methods.edit import Edit
 from kedit.model.hooks import hook_count
 from kedit.model.lm import as_language_model
 from kedit.types import EditRequest
-from tests.conftest import assert_same_state, snapshot, tiny_model
+from tests.conftest import assert_same_state, snapshot, tiny_model, trained_editor
 from tests.tiny_configs import tiny_config
 
 ARCHS = ["gpt2", "llama"]
@@ -34,7 +34,10 @@ OTHER = EditRequest("The capital of {}", "Germany", "Madrid", "Berlin")
 
 
 def make(name: str, model: torch.nn.Module, env) -> object:
-    return METHODS[name].for_model(model, tiny_config(name), env)
+    overrides = tiny_config(name)
+    if getattr(METHODS[name], "needs_training", False):  # its editor, trained once per session
+        overrides["editor"] = str(trained_editor(name, model.config.model_type))
+    return METHODS[name].for_model(model, overrides, env)
 
 
 def target_logprob(model_or_lm, tok, request: EditRequest) -> float:

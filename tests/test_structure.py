@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kedit.model",),
     ("kedit.data",),
     ("kedit.methods",),
+    ("kedit.train",),
     ("kedit.eval",),
     ("kedit.locate",),
     ("kedit.bench",),

@@ -91,6 +91,20 @@ TINY = {
         "max_expansions": 3,
         "embedder": "lexical",
     },
+    # a small network on the last block, trained for 20 steps (tests/conftest.trained_editor):
+    # steps sized so that 32-wide matrices move within those steps
+    "mend": {
+        "modules": {"mlp_in": [-1], "mlp_out": [-1]},
+        "rank": 16,
+        "edit_lr": 1e-3,
+        "lr": 1e-4,
+        "lr_lr": 1e-3,
+        "accumulate": 1,
+        "batch_size": 2,
+        "val_size": 8,
+        "max_steps": 20,
+        "val_every": 10,
+    },
 }
 
 

@@ -7,7 +7,16 @@ Example:
 """
 
 from kedit._version import __version__
-from kedit.api import BenchPlan, EvalReport, edit, evaluate, load_model, run_bench, trace
+from kedit.api import (
+    BenchPlan,
+    EvalReport,
+    edit,
+    evaluate,
+    load_model,
+    run_bench,
+    trace,
+    train,
+)
 from kedit.data import DATASETS, load_dataset
 from kedit.env import Environment
 from kedit.eval.audit import audit
@@ -50,4 +59,5 @@ __all__ = [
     "register_arch",
     "run_bench",
     "trace",
+    "train",
 ]

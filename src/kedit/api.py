@@ -1,4 +1,4 @@
-"""The public verbs: ``load_model``, ``edit``, ``evaluate``, ``run_bench``, ``trace``.
+"""The public verbs: ``load_model``, ``edit``, ``evaluate``, ``run_bench``, ``trace``, ``train``.
 
 Example::
 
@@ -11,6 +11,7 @@ Example::
     # the model is restored here, bit for bit
     report = kedit.evaluate(model, tok, "counterfact", "memit", protocol="sequential:1,10,20")
     traced = kedit.trace(model, tok, request)  # causal traces; kedit.trace(model, tok, cases)
+    result = kedit.train(model, tok, "mend", steps=2000)  # MEND's editor, then method="mend"
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from kedit.bench import BenchPlan, run_bench
 from kedit.env import Environment
 from kedit.eval.evaluate import EvalReport, EvalSetup, evaluate
 from kedit.locate.facts import TracedFacts, TraceOptions, trace_facts
-from kedit.methods import EditMethod, make_method
+from kedit.methods import METHODS, EditMethod, make_method
+from kedit.methods._meta import MetaMethod
 from kedit.methods.edit import Edit
 from kedit.model.loading import load_model
+from kedit.train import TrainResult, train_editor, training_data
 from kedit.types import EditCase, EditRequest
 
 RequestLike = EditRequest | Mapping[str, Any]
@@ -92,3 +95,45 @@ __all__ = [
     "run_bench",
     "trace",
 ]
+
+
+def train(
+    model: Any,
+    tok: PreTrainedTokenizerBase,
+    method: str = "mend",
+    dataset: str | None = None,
+    *,
+    steps: int | None = None,
+    val_every: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    out: str | None = None,
+    limit: int | None = None,
+    env: Environment | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the editor of a meta-learning ``method`` (``mend``, ``ke``, ``malmen``) for
+    ``model`` on ``dataset`` (default: the config's ``train_data``), resuming a checkpoint of
+    the same run; the editor lands in kedit's cache, where ``edit(..., method=...)`` finds it,
+    or in ``out``. ``steps`` and ``val_every`` set ``max_steps`` and ``val_every``; ``limit``
+    reads at most that many training examples."""
+    env = env if env is not None else Environment()
+    overrides = dict(overrides or {})
+    if dataset is not None:
+        overrides["train_data"] = dataset
+    if steps is not None:
+        overrides["max_steps"] = steps
+    if val_every is not None:
+        overrides["val_every"] = val_every
+    editor = make_method(method, model, overrides, env)
+    if not isinstance(editor, MetaMethod):
+        raise ValueError(f"{editor.name} trains nothing; kedit train is for {meta_methods()}")
+    cfg = editor.config
+    data = training_data(
+        cfg.train_data, env.data_dir, cfg.val_size, cfg.batch_size, env.seed, limit
+    )
+    return train_editor(editor, model, tok, data, env, out, progress)
+
+
+def meta_methods() -> str:
+    """The registered methods that need a trained editor."""
+    return ", ".join(n for n in METHODS.names() if getattr(METHODS[n], "needs_training", False))

@@ -45,6 +45,7 @@ METHODS.register(
 METHODS.register("wise", "kedit.methods.wise:WISE", "side memory of one FFN matrix, routed")
 METHODS.register("melo", "kedit.methods.melo:MELO", "LoRA rank blocks routed by a key database")
 METHODS.register("mello", "kedit.methods.mello:MeLLo", "memory of facts, multi-hop decomposition")
+METHODS.register("mend", "kedit.methods.mend:MEND", "trained network turns the edit's gradient")
 METHODS.register("deepedit", "kedit.methods.deepedit:DeepEdit", "constrained DFS over reasoning")
 
 

@@ -30,13 +30,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
+from kedit.methods._grads import keys_and_gradients, linear_paths
 from kedit.methods._weights import low_rank_delta
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
-from kedit.model.arch import BLOCK_PARTS, arch_of, get_module
-from kedit.model.hooks import TraceDict, frozen
-from kedit.model.lm import hf_module, model_device, select_logits
-from kedit.model.tokens import encode_prompt_target, pad, pad_id
+from kedit.model.arch import get_module
+from kedit.model.lm import hf_module
 from kedit.types import EditRequest
 
 
@@ -129,7 +128,14 @@ class UltraEdit(EditMethod):
     ) -> None:
         model = hf_module(model)
         paths = self.module_paths(model)
-        keys, grads = self._keys_and_gradients(model, tok, requests, paths)
+        keys, grads = keys_and_gradients(
+            model,
+            tok,
+            [(r.text, r.target_new) for r in requests],
+            paths,
+            self.config.pass_size,
+            self.config.tokens,
+        )
         rows = {p: torch.cat([keys[p], grads[p]], 1) for p in paths}  # (tokens, d_in + d_out)
         normalisers = {
             p: self._normaliser(edit, keys[p].shape[1], grads[p].shape[1]) for p in paths
@@ -158,84 +164,8 @@ class UltraEdit(EditMethod):
         edit.info.update(tokens=int(next(iter(keys.values())).shape[0]), modules=len(paths))
 
     def module_paths(self, model: nn.Module) -> list[str]:
-        """The edited modules' paths, in the order of ``modules``, each layer checked."""
-        spec = arch_of(model)
-        paths = []
-        for part, layers in self.config.modules.items():
-            for layer in layers:
-                index = spec.check_layer(model, layer)
-                if part in BLOCK_PARTS:
-                    paths += spec.paths(part, index)
-                else:
-                    paths.append(f"{spec.path('block', index)}.{part}")
-        for path in paths:
-            weight = getattr(get_module(model, path), "weight", None)
-            if weight is None or weight.dim() != 2:
-                raise ValueError(f"UltraEdit edits linear modules; {path} has no 2-D weight")
-        return list(dict.fromkeys(paths))
-
-    def _keys_and_gradients(
-        self,
-        model: nn.Module,
-        tok: PreTrainedTokenizerBase,
-        requests: list[EditRequest],
-        paths: list[str],
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Each module's inputs and output gradients at the kept positions of every request,
-        ``(tokens, d_in)`` and ``(tokens, d_out)`` in float32."""
-        cfg, device = self.config, model_device(model)
-        keys: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-        grads: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-        with frozen(model):
-            for p in paths:  # module outputs then carry a graph; no weight gradient is taken
-                get_module(model, p).weight.requires_grad_(True)
-            for start in range(0, len(requests), cfg.pass_size):
-                group = requests[start : start + cfg.pass_size]
-                pairs = [encode_prompt_target(tok, r.text, r.target_new) for r in group]
-                inputs = pad([p.ids[:-1] for p in pairs], pad_id(tok), left=True).to(device)
-                keep = max(len(p.target_ids) for p in pairs)
-                width = inputs.input_ids.shape[1]
-                with TraceDict(
-                    model, paths, retain_input=True, retain_output=True, detach=False
-                ) as tr:
-                    run = {**inputs.model_inputs(), "use_cache": False}
-                    logits = select_logits(model, run, keep)  # (rows, keep, vocab)
-                    loss = self._target_loss(logits.float(), pairs, keep, device)
-                    outputs = [tr[p].output for p in paths]
-                    out_grads = torch.autograd.grad(loss, outputs)
-                mask = self._positions(pairs, inputs.attention_mask, keep, width).to(device)
-                for p, out_grad in zip(paths, out_grads):
-                    keys[p].append(tr[p].input.detach()[mask].float())
-                    grads[p].append(out_grad[mask].float())
-        return {p: torch.cat(v) for p, v in keys.items()}, {
-            p: torch.cat(v) for p, v in grads.items()
-        }
-
-    @staticmethod
-    def _target_loss(
-        logits: torch.Tensor, pairs: list, keep: int, device: torch.device
-    ) -> torch.Tensor:
-        """Cross-entropy of the target tokens, a mean over all of the pass's target tokens.
-        ``logits`` are the last ``keep`` positions of left-padded rows ending with
-        ``target[:-1]``: a target of n tokens is predicted by the last n positions."""
-        logprobs = torch.log_softmax(logits, -1)  # (rows, keep, vocab)
-        terms = []
-        for i, pair in enumerate(pairs):
-            n = len(pair.target_ids)
-            target = torch.tensor(pair.target_ids, device=device)
-            terms.append(-logprobs[i, keep - n :].gather(1, target[:, None])[:, 0])
-        return torch.cat(terms).mean()
-
-    def _positions(
-        self, pairs: list, attention: torch.Tensor, keep: int, width: int
-    ) -> torch.Tensor:
-        """``(rows, width)`` bool: where keys and gradients are kept."""
-        if self.config.tokens == "all":
-            return attention.bool()
-        mask = torch.zeros(len(pairs), width, dtype=torch.bool)
-        for i, pair in enumerate(pairs):
-            mask[i, width - len(pair.target_ids) :] = True
-        return mask
+        """The edited modules' paths, in the order of ``modules``."""
+        return linear_paths(model, self.config.modules, self.name)
 
     def _normaliser(self, edit: Edit, d_in: int, d_out: int) -> RunningNormaliser:
         """The session's normaliser for modules of this shape (shared by them, as in the
