@@ -50,6 +50,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "kedit.cli_eval",
         "kedit.cli_bench",
         "kedit.cli_trace",
+        "kedit.cli_train",
     ),
 )
 #: the package itself (``import kedit``) re-exports the public verbs: the top

@@ -14,6 +14,7 @@ Examples::
         --scenarios single,sequential:1,10,20 --out runs/bench
     kedit report runs/bench --csv
     kedit stats --method memit
+    kedit train --method mend --dataset counterfact-train --steps 2000 --val-every 200
     kedit trace --prompt "{} is located in the city of" --subject "The Eiffel Tower"
     kedit trace --dataset counterfact --limit 50 --out runs/trace
     kedit ls methods
@@ -31,6 +32,7 @@ from kedit.cli_bench import add_bench_parsers, run_bench_command, run_report_com
 from kedit.cli_common import checked_overrides, common_options, environment, load
 from kedit.cli_eval import add_eval_parsers, run_audit, run_eval
 from kedit.cli_trace import add_trace_parser, run_trace
+from kedit.cli_train import add_train_parser, run_train
 from kedit.console import (
     format_predictions,
     markdown_measures,
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parsers(sub)
     add_trace_parser(sub, common)
+    add_train_parser(sub, common)
 
     ls = sub.add_parser("ls", help="list methods, metrics, datasets or models")
     ls.add_argument("what", choices=["methods", "metrics", "datasets", "models", "general"])
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench": run_bench_command,
             "report": run_report_command,
             "trace": run_trace,
+            "train": run_train,
         }
         return commands[args.command](args)
     except (ValueError, KeyError, OSError, ImportError) as err:

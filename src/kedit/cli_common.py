@@ -31,6 +31,12 @@ def common_options() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a method hyperparameter, e.g. --set layer=5",
     )
+    common.add_argument(
+        "--editor",
+        metavar="PATH",
+        help="a trained editor (MEND, KE, MALMEN) to edit with: kedit train's folder "
+        "(default: the cache's, for this model and config)",
+    )
     common.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     common.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     common.add_argument("--data-dir", help="benchmark data folder (default $KEDIT_DATA_DIR)")
@@ -63,6 +69,10 @@ def environment(args: argparse.Namespace) -> Environment:
 def checked_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``--set`` overrides, checked against the method's config before any model work."""
     overrides = dict(parse_override(item) for item in args.set)
+    if getattr(args, "editor", None):
+        if "editor" not in METHODS[args.method].config_cls.field_names():
+            raise ValueError(f"--editor names a trained editor; {args.method} uses none")
+        overrides["editor"] = args.editor
     METHODS[args.method].config_cls.checked(overrides)
     return overrides
 

@@ -134,6 +134,8 @@ class Engine:
         self, protocol: Protocol, method: EditMethod | None, metrics: list[Metric], shard: Shard
     ) -> Iterator[Event]:
         """Run a shard of ``protocol`` with ``method``, yielding each unit as it finishes."""
+        if method is not None:
+            method.prepare(self.model)  # e.g. a missing trained editor fails here, not per case
         runners = {
             Single: self._single,
             Batch: self._batch,

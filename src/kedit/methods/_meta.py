@@ -200,6 +200,10 @@ class MetaMethod(EditMethod):
 
     # -- editing ----------------------------------------------------------------------------------
 
+    def prepare(self, model: Any) -> None:
+        """Load and check the trained editor before a run's first edit."""
+        self.editor_for(hf_module(model))
+
     def use_editor(self, editor: nn.Module | None) -> None:
         """Edit with this in-memory editor (the trainer's validation) instead of a saved one."""
         self._editor = editor

@@ -97,6 +97,11 @@ class EditMethod(ABC):
             raise ValueError("a preset is chosen when the method is built (for_model), not after")
         return type(self)(dataclasses.replace(self.config, **checked), self.env)
 
+    def prepare(self, model: Any) -> None:
+        """Check, before a run's first edit, that what the method needs for ``model`` exists
+        (a trained editor); raise a ValueError that says how to make it. Nothing by default."""
+        return None
+
     @abstractmethod
     def apply(
         self,
