@@ -52,6 +52,7 @@ class MENDConfig(MetaConfig):
         lr_lr: learning rate of the steps.
     """
 
+    batch_size: int = 2  # config/config.yaml: two edits applied together per batch
     rank: int = 1920
     n_hidden: int = 1
     edit_lr: float = 1e-4

@@ -1,0 +1,152 @@
+"""The meta-learning editors on the default model: train each on CounterFact's training split
+within a step budget, then edit the first evaluation cases beside the unedited model and ROME;
+MALMEN's one-call batch against MEMIT's on the same facts.
+
+Usage: python benchmarks/bench_meta.py [--methods mend,ke,malmen] [--steps 1200]
+       [--val-every 100] [--cases 50] [--batch 100] [--device cpu] [--out benchmarks/results]
+       [--set mend.lr=1e-4 ...]
+
+1. Training (``kedit.train``, resumable: an interrupted run of this script continues where it
+   stopped): per method the steps, wall time, the validation curve (every ``--val-every``
+   steps: held-out loss, edit token accuracy, unrelated top-1 kept) and the best step.
+2. Evaluation (``kedit.evaluate``, protocol ``single``, the core suite) on the first ``--cases``
+   of ``counterfact`` (the evaluation split, never trained on): efficacy, paraphrase and
+   neighbourhood scores (probability comparison) with their 95% bootstrap intervals, for each
+   trained editor, ROME, and the unedited model (the ``pre`` values).
+3. MALMEN edits the first ``--batch`` cases in one call (``batch:N``), MEMIT the same; scores
+   and seconds per call.
+
+Prints a table and writes ``meta-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+SCORES = ("efficacy_score", "paraphrase_score", "neighborhood_score")
+
+
+def overrides_of(items: list[str]) -> dict[str, dict]:
+    from kedit.config import parse_override
+
+    out: dict[str, dict] = {}
+    for item in items:
+        method, _, rest = item.partition(".")
+        key, value = parse_override(rest)
+        out.setdefault(method, {})[key] = value
+    return out
+
+
+def scores(report, which: str = "post") -> dict:
+    metrics = report.summary["metrics"]
+    return {
+        name: {"value": metrics[name].get(which), "ci95": metrics[name].get(f"{which}_ci")}
+        for name in SCORES
+        if name in metrics
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", default="mend,ke,malmen")
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--val-every", type=int, default=100)
+    parser.add_argument("--cases", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--device")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE")
+    args = parser.parse_args()
+
+    import kedit
+
+    model, tok = kedit.load_model("smollm2-135m", device=args.device)
+    device = next(model.parameters()).device.type
+    env = kedit.Environment(progress=False)
+    overrides = overrides_of(args.set)
+    result: dict = {
+        "model": "smollm2-135m",
+        "device": device,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "steps": args.steps,
+        "cases": args.cases,
+        "methods": {},
+    }
+    methods = [m for m in args.methods.split(",") if m]
+    for name in methods:
+        start = time.perf_counter()
+        trained = kedit.train(
+            model,
+            tok,
+            name,
+            steps=args.steps,
+            val_every=args.val_every,
+            overrides=overrides.get(name),
+            env=env,
+            progress=True,
+        )
+        entry = {
+            "train": {
+                "steps": trained.steps,
+                "best_step": trained.best_step,
+                "best": trained.best,
+                "wall_s_total": trained.wall_s,
+                "wall_s_this_run": time.perf_counter() - start,
+                "resumed_from": trained.resumed_from,
+                "stopped_early": trained.stopped_early,
+                "curve": trained.curve,
+                "folder": str(trained.folder),
+            }
+        }
+        report = kedit.evaluate(
+            model,
+            tok,
+            "counterfact",
+            name,
+            overrides=overrides.get(name),
+            limit=args.cases,
+            env=env,
+            progress=False,
+        )
+        entry["eval"] = scores(report)
+        result["methods"][name] = entry
+        print(name, json.dumps(entry["eval"]), f"best step {trained.best_step}", flush=True)
+    rome = kedit.evaluate(
+        model, tok, "counterfact", "rome", limit=args.cases, env=env, progress=False
+    )
+    result["rome"] = scores(rome)
+    result["unedited"] = scores(rome, "pre")
+    if "malmen" in methods:
+        for name in ("malmen", "memit"):
+            start = time.perf_counter()
+            report = kedit.evaluate(
+                model,
+                tok,
+                "counterfact",
+                name,
+                overrides=overrides.get(name),
+                protocol=f"batch:{args.batch}",
+                limit=args.batch,
+                env=env,
+                progress=False,
+            )
+            result[f"{name}_batch"] = {
+                "facts": args.batch,
+                "wall_s": time.perf_counter() - start,
+                "scores": scores(report),
+            }
+    out = Path(args.out) / f"meta-{device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
