@@ -26,7 +26,7 @@ from kedit.env import Environment
 from kedit.eval.evaluate import EvalReport, EvalSetup, evaluate
 from kedit.locate.facts import TracedFacts, TraceOptions, trace_facts
 from kedit.methods import METHODS, EditMethod, make_method
-from kedit.methods._meta import MetaMethod
+from kedit.methods._trained import TrainedMethod
 from kedit.methods.edit import Edit
 from kedit.model.loading import load_model
 from kedit.train import TrainResult, train_editor, training_data
@@ -125,7 +125,7 @@ def train(
     if val_every is not None:
         overrides["val_every"] = val_every
     editor = make_method(method, model, overrides, env)
-    if not isinstance(editor, MetaMethod):
+    if not isinstance(editor, TrainedMethod):
         raise ValueError(f"{editor.name} trains nothing; kedit train is for {meta_methods()}")
     cfg = editor.config
     data = training_data(

@@ -29,7 +29,7 @@ from kedit._version import __version__
 from kedit.env import Environment
 from kedit.methods._editors import CHECKPOINT, EDITOR, save_tensors
 from kedit.methods._hypernet import TrainingExample
-from kedit.methods._meta import MetaMethod
+from kedit.methods._trained import TrainedMethod
 from kedit.model.hooks import frozen
 from kedit.model.lm import hf_module, model_device
 from kedit.train.curve import write_curve
@@ -54,7 +54,7 @@ class TrainResult:
 
 
 def train_editor(
-    method: MetaMethod,
+    method: TrainedMethod,
     model: Any,
     tok: PreTrainedTokenizerBase,
     data: TrainingData,
@@ -63,7 +63,7 @@ def train_editor(
     progress_bar: bool = True,
 ) -> TrainResult:
     """Train ``method``'s editor for ``model`` on ``data`` (resuming a checkpoint in the
-    folder), and write it to ``out`` or kedit's cache (:meth:`MetaMethod.editor_folder`)."""
+    folder), and write it to ``out`` or kedit's cache (:meth:`TrainedMethod.editor_folder`)."""
     model = hf_module(model)
     cfg = method.config
     folder = Path(out) if out is not None else method.editor_folder(model)
@@ -131,7 +131,7 @@ SHOWN = ("loss", "edit_nll", "edit_acc", "loc_kl")
 
 
 def _step(
-    method: MetaMethod,
+    method: TrainedMethod,
     model: nn.Module,
     tok: PreTrainedTokenizerBase,
     examples: Sequence[TrainingExample],
@@ -164,7 +164,7 @@ def _step(
 
 
 def validate(
-    method: MetaMethod,
+    method: TrainedMethod,
     model: nn.Module,
     tok: PreTrainedTokenizerBase,
     examples: Sequence[TrainingExample],
@@ -185,7 +185,7 @@ def validate(
 
 
 def _validate_and_save(
-    method: MetaMethod,
+    method: TrainedMethod,
     model: nn.Module,
     tok: PreTrainedTokenizerBase,
     data: TrainingData,
@@ -217,7 +217,7 @@ def _validate_and_save(
 
 
 def _meta(
-    method: MetaMethod, model: nn.Module, data: TrainingData, env: Environment
+    method: TrainedMethod, model: nn.Module, data: TrainingData, env: Environment
 ) -> dict[str, Any]:
     """What the editor files record about their making."""
     config = getattr(model, "config", None)
