@@ -123,6 +123,8 @@ class Objective:
 
     loss: torch.Tensor
     stats: dict[str, float] = field(default_factory=dict)
+    #: the loss's terms as tensors (``nll``, ``kl``), for objectives built on top of them
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def locality_kl(

@@ -114,13 +114,13 @@ class MetaMethod(TrainedMethod):
             post_loc = target_logits(model, unrelated) if unrelated is not None else None
         nll = target_nll(post_edit, edits)
         stats = {"edit_nll": nll.item(), "edit_acc": target_accuracy(post_edit, edits)}
-        loss = cfg.cedit * nll
+        loss, parts = cfg.cedit * nll, {"nll": nll}
         if unrelated is not None and post_loc is not None:
             kl, agree = locality_kl(pre, post_loc, unrelated)
-            loss = loss + cfg.cloc * kl
+            loss, parts["kl"] = loss + cfg.cloc * kl, kl
             stats.update(loc_kl=kl.item(), loc_agree=agree)
         stats["loss"] = loss.item()
-        return Objective(loss, stats)
+        return Objective(loss, stats, parts)
 
     def apply(
         self,

@@ -112,8 +112,9 @@ class TrainedMethod(EditMethod):
         """The optimiser of the editor's training (default: Adam at ``lr``)."""
         return torch.optim.Adam(editor.parameters(), lr=self.config.lr)
 
-    def after_step(self, editor: nn.Module) -> None:
-        """Called after each optimiser step (e.g. to clip a Lagrange multiplier)."""
+    def after_step(self, editor: nn.Module, optimiser: torch.optim.Optimizer) -> None:
+        """Called after each optimiser step (e.g. to clip a Lagrange multiplier, or set the
+        next step's learning rate)."""
 
     def after_validation(self, editor: nn.Module, stats: Mapping[str, float]) -> None:
         """Called with each validation's statistics (e.g. to tighten a constraint's margin;

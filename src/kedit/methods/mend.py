@@ -35,7 +35,7 @@ from transformers import PreTrainedTokenizerBase
 from kedit.methods._grads import keys_and_gradients
 from kedit.methods._hypernet import RunningStandardiser, Shift
 from kedit.methods._meta import MetaConfig, MetaMethod
-from kedit.model.arch import get_module
+from kedit.model.arch import get_module, weight_out_in
 from kedit.types import EditRequest
 
 
@@ -172,9 +172,8 @@ class MEND(MetaMethod):
     @staticmethod
     def _shape(model: nn.Module, path: str) -> tuple[int, int]:
         """``(d_out, d_in)`` of the linear map at ``path``, whatever its weight layout."""
-        module = get_module(model, path)
-        d_in = module.in_features if hasattr(module, "in_features") else module.weight.shape[0]
-        return int(module.weight.numel() // d_in), int(d_in)
+        d_out, d_in = weight_out_in(get_module(model, path)).shape
+        return int(d_out), int(d_in)
 
 
 def _shape_key(shape: tuple[int, int]) -> str:

@@ -159,7 +159,7 @@ def _step(
             f"{progress.step + 1}; lower lr (--set lr=...) or check the data"
         )
     optimiser.step()
-    method.after_step(editor)
+    method.after_step(editor, optimiser)
     return {**totals, "grad_norm": float(norm)}
 
 
