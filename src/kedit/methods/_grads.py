@@ -82,9 +82,13 @@ def target_token_logprobs(logits: torch.Tensor, batch: TargetBatch) -> list[torc
     return rows
 
 
-def target_nll(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
-    """Cross-entropy of the target tokens, a mean over all of the batch's target tokens."""
-    return -torch.cat(target_token_logprobs(logits, batch)).mean()
+def target_nll(
+    logits: torch.Tensor, batch: TargetBatch, reduction: Literal["mean", "sum"] = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of the target tokens: a mean over all of the batch's target tokens, or
+    their sum."""
+    logprobs = torch.cat(target_token_logprobs(logits, batch))
+    return -(logprobs.sum() if reduction == "sum" else logprobs.mean())
 
 
 def target_accuracy(logits: torch.Tensor, batch: TargetBatch) -> float:
@@ -105,11 +109,13 @@ def keys_and_gradients(
     paths: Sequence[str],
     pass_size: int,
     tokens: Tokens = "target",
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Each module's inputs and output gradients at the kept positions of every pair,
-    ``(tokens, d_in)`` and ``(tokens, d_out)`` in float32, detached. The loss is the mean
-    cross-entropy of a pass's target tokens (``pass_size`` pairs per pass). Runs with gradients
-    enabled whatever the caller's mode, and takes no weight gradient."""
+    ``(tokens, d_in)`` and ``(tokens, d_out)`` in float32, detached. The loss is the
+    cross-entropy of a pass's target tokens (``pass_size`` pairs per pass), their mean or (so
+    that a token's gradient does not depend on the others in its pass) their sum. Runs with
+    gradients enabled whatever the caller's mode, and takes no weight gradient."""
     device = model_device(model)
     keys: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
     grads: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
@@ -121,7 +127,7 @@ def keys_and_gradients(
             with TraceDict(
                 model, list(paths), retain_input=True, retain_output=True, detach=False
             ) as tr:
-                loss = target_nll(target_logits(model, batch), batch)
+                loss = target_nll(target_logits(model, batch), batch, reduction)
                 out_grads = torch.autograd.grad(loss, [tr[p].output for p in paths])
             mask = batch.positions(tokens)
             for p, out_grad in zip(paths, out_grads):

@@ -98,7 +98,7 @@ class RunningStandardiser(nn.Module):
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:  # (n, width)
         if self.training:
-            self._update(rows.detach().double())
+            self.update(rows)
         if self.count < 2:
             raise RuntimeError(
                 "the editor's standardiser has seen fewer than two rows; train the editor "
@@ -107,7 +107,9 @@ class RunningStandardiser(nn.Module):
         std = (self.squares / (self.count - 1)).sqrt().to(rows.dtype)
         return (rows - self.mean.to(rows.dtype)) / (std + 1e-7)
 
-    def _update(self, rows: torch.Tensor) -> None:
+    def update(self, rows: torch.Tensor) -> None:
+        """Merge ``rows`` ``(n, width)`` into the statistics."""
+        rows = rows.detach().double()
         n, batch_mean = rows.shape[0], rows.mean(0)
         total = self.count + n
         delta = batch_mean - self.mean
@@ -142,3 +144,8 @@ def locality_kl(
     kl = (p_log.exp() * (p_log - q_log)).sum(-1).mean()
     agree = (p_log.argmax(-1) == q_log.argmax(-1)).float().mean().item()
     return kl, agree
+
+
+def shape_key(shape: tuple[int, int]) -> str:
+    """A matrix shape ``(d_out, d_in)`` as a ``ModuleDict`` key (networks shared per shape)."""
+    return f"{shape[0]}x{shape[1]}"

@@ -33,7 +33,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.methods._grads import keys_and_gradients
-from kedit.methods._hypernet import RunningStandardiser, Shift
+from kedit.methods._hypernet import RunningStandardiser, Shift, shape_key
 from kedit.methods._meta import MetaConfig, MetaMethod
 from kedit.model.arch import get_module, weight_out_in
 from kedit.types import EditRequest
@@ -113,7 +113,7 @@ class MENDEditor(nn.Module):
         distinct = list(dict.fromkeys(shapes))
         self.nets = nn.ModuleDict(
             {
-                _shape_key(s): GradientTransform(
+                shape_key(s): GradientTransform(
                     s[1], s[0], config.rank, config.n_hidden, shapes.count(s)
                 )
                 for s in distinct
@@ -162,7 +162,7 @@ class MEND(MetaMethod):
         for index, (path, shape) in enumerate(zip(paths, shapes)):
             rows = (keys[path] != 0).any(1) & (grads[path] != 0).any(1)  # tokens with a gradient
             mode = shapes[:index].count(shape)
-            keys_t, grads_t = editor.nets[_shape_key(shape)](
+            keys_t, grads_t = editor.nets[shape_key(shape)](
                 keys[path][rows], grads[path][rows], mode
             )  # (tokens, d_in), (tokens, d_out)
             # W - a sum_t d~_t x~_t^T, kept as factors of rank <= tokens
@@ -174,7 +174,3 @@ class MEND(MetaMethod):
         """``(d_out, d_in)`` of the linear map at ``path``, whatever its weight layout."""
         d_out, d_in = weight_out_in(get_module(model, path)).shape
         return int(d_out), int(d_in)
-
-
-def _shape_key(shape: tuple[int, int]) -> str:
-    return f"{shape[0]}x{shape[1]}"

@@ -6,7 +6,7 @@ clips their norm at ``grad_clip`` and steps the method's optimiser. Every ``val_
 (and after the first, as the reference does, and at the last) the held-out examples are edited
 with the current editor and scored with the same objective: the best validation loss so far is
 written as the editor (what edits use), the run's state as the checkpoint, and the curve beside
-them. Training stops at ``max_steps`` or
+them (redrawn at most once a minute, and at the end). Training stops at ``max_steps`` or
 when the validation loss has not improved for ``patience`` steps. Run again with the same
 arguments, it resumes from the checkpoint and ends where an uninterrupted run would.
 """
@@ -87,6 +87,7 @@ def train_editor(
     )
     running: dict[str, list[float]] = {}
     started = time.perf_counter() - progress.wall_s
+    drawn = time.perf_counter()
     with frozen(model):
         while progress.step < cfg.max_steps and not progress.stopped_early:
             stats = _step(method, model, tok, data.train, editor, optimiser, sampler, progress)
@@ -112,7 +113,12 @@ def train_editor(
                     folder,
                 )
                 running = {}
+                if time.perf_counter() - drawn > CURVE_EVERY_S:  # seconds a draw costs, not more
+                    write_curve(folder, method.display_name, progress.curve, progress.best_step)
+                    drawn = time.perf_counter()
     bar.close()
+    if progress.curve:
+        write_curve(folder, method.display_name, progress.curve, progress.best_step)
     best = next((p["val"] for p in progress.curve if p["step"] == progress.best_step), {})
     return TrainResult(
         folder,
@@ -125,6 +131,9 @@ def train_editor(
         progress.wall_s,
     )
 
+
+#: the curve is redrawn after a validation at most this often (and when the run ends)
+CURVE_EVERY_S = 60.0
 
 #: running statistics shown on the progress bar
 SHOWN = ("loss", "edit_nll", "edit_acc", "loc_kl")
@@ -213,7 +222,6 @@ def _validate_and_save(
         progress.stopped_early = True
         log.info("%s: no better validation loss for %d steps; stopping", method.name, cfg.patience)
     save_checkpoint(folder, editor, optimiser, sampler, progress, meta)
-    write_curve(folder, method.display_name, progress.curve, progress.best_step)
 
 
 def _meta(
