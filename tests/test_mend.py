@@ -9,7 +9,7 @@ import torch
 
 from kedit.methods import METHODS
 from kedit.methods._grads import target_batch, target_logits, target_nll
-from kedit.methods._hypernet import RunningStandardiser
+from kedit.methods._hypernet import RunningStandardiser, TrainingExample
 from kedit.model.arch import get_module, is_conv1d
 from kedit.types import EditRequest
 from tests.conftest import tiny_model
@@ -92,3 +92,34 @@ def test_the_running_standardiser_merges_batches_exactly():
 def test_an_untrained_standardiser_refuses_to_edit():
     with pytest.raises(RuntimeError, match="train the editor"):
         RunningStandardiser(3).eval()(torch.randn(2, 3))
+
+
+def test_the_objective_in_chunks_equals_it_at_once_in_value_and_gradient(tokenizer, env):
+    model, method, editor = identity_mend("llama", env)
+    editor.train()  # gradients flow to the network; the fixed statistics barely move
+    examples = [
+        TrainingExample(r, (f"In short, {r.text}",), (("The capital of France is", "Paris"),))
+        for r in [*REQUESTS, EditRequest("{} plays the", "Miles Davis", "piano", "trumpet")]
+    ]
+    results = []
+    for chunk, backward in ((None, False), (2, True)):
+        editor.zero_grad()
+        for net in editor.nets.values():  # the same statistics for both runs
+            net.standardise.count.fill_(1e6)
+            net.standardise.mean.zero_()
+            net.standardise.squares.fill_(1e6 - 1)
+        shifts = method.shifts(model, tokenizer, [e.request for e in examples], editor)
+        objective = method.post_edit_objective(
+            model, tokenizer, examples, shifts, chunk=chunk, backward=backward
+        )
+        if not backward:
+            objective.loss.backward()
+        grads = [p.grad.clone() for p in editor.parameters() if p.grad is not None]
+        results.append((objective.stats, grads))
+    (whole, whole_grads), (chunked, chunked_grads) = results
+    assert whole.keys() == chunked.keys() and whole["loc_kl"] > 0
+    for key in whole:
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key
+    assert len(whole_grads) == len(chunked_grads) > 0
+    for a, b in zip(whole_grads, chunked_grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-8)

@@ -7,7 +7,8 @@
   editor (training) without touching the weights.
 * :class:`RunningStandardiser`: per-dimension running mean and deviation of the rows an editor
   sees in training (MEND's and MALMEN's input normalisation), buffers that checkpoint.
-* :class:`Objective` and :func:`locality_kl`: a training objective's value and parts.
+* :class:`Objective` and :func:`locality_kl`: a training objective's value and parts;
+  :func:`target_tokens` counts a batch's target tokens (objectives summed over chunks).
 """
 
 from __future__ import annotations
@@ -132,8 +133,8 @@ class Objective:
 def locality_kl(
     pre: torch.Tensor, post: torch.Tensor, batch: TargetBatch
 ) -> tuple[torch.Tensor, float]:
-    """``KL(pre || post)`` at the positions predicting each unrelated answer's tokens, a mean
-    over positions, and the share of those positions whose top-1 token is unchanged."""
+    """``KL(pre || post)`` at the positions predicting each unrelated answer's tokens, summed
+    over positions, and how many of those positions keep their top-1 token."""
     rows_pre, rows_post = [], []
     for i, pair in enumerate(batch.pairs):
         n = len(pair.target_ids)
@@ -141,9 +142,14 @@ def locality_kl(
         rows_post.append(post[i, batch.keep - n :])
     p_log = torch.log_softmax(torch.cat(rows_pre), -1)  # (positions, vocab)
     q_log = torch.log_softmax(torch.cat(rows_post), -1)
-    kl = (p_log.exp() * (p_log - q_log)).sum(-1).mean()
-    agree = (p_log.argmax(-1) == q_log.argmax(-1)).float().mean().item()
-    return kl, agree
+    kl = (p_log.exp() * (p_log - q_log)).sum(-1).sum()
+    kept = (p_log.argmax(-1) == q_log.argmax(-1)).sum().item()
+    return kl, float(kept)
+
+
+def target_tokens(batch: TargetBatch) -> int:
+    """How many target tokens the batch's rows hold."""
+    return sum(len(pair.target_ids) for pair in batch.pairs)
 
 
 def shape_key(shape: tuple[int, int]) -> str:

@@ -26,7 +26,14 @@ from kedit.methods._grads import (
     target_logits,
     target_nll,
 )
-from kedit.methods._hypernet import Objective, Shift, TrainingExample, locality_kl, shifted
+from kedit.methods._hypernet import (
+    Objective,
+    Shift,
+    TrainingExample,
+    locality_kl,
+    shifted,
+    target_tokens,
+)
 from kedit.methods._trained import TrainedConfig, TrainedMethod
 from kedit.methods.edit import Edit
 from kedit.model.arch import get_module
@@ -95,32 +102,58 @@ class MetaMethod(TrainedMethod):
         tok: PreTrainedTokenizerBase,
         examples: Sequence[TrainingExample],
         shifts: Mapping[str, Shift],
+        *,
+        chunk: int | None = None,
+        backward: bool = False,
     ) -> Objective:
-        """The objective of ``shifts`` already predicted for ``examples``."""
+        """The objective of ``shifts`` already predicted for ``examples``: the NLL a mean over
+        every target token, the KL over every unrelated answer position. Computed ``chunk``
+        examples at a time (default: all at once), each chunk's terms summed and divided by the
+        whole batch's counts, so the value does not depend on ``chunk``; with ``backward`` each
+        chunk's share is backpropagated as it is computed (one chunk's graph at a time) and the
+        returned terms are detached."""
         cfg, device = self.config, model_device(model)
-        edit_rows = [
-            (prompt, e.request.target_new)
-            for e in examples
-            for prompt in (e.request.text, *e.paraphrases)
-        ]
-        edits = target_batch(tok, edit_rows, device)
-        loc_rows = [pair for e in examples for pair in e.locality]
-        unrelated = target_batch(tok, loc_rows, device) if loc_rows else None
-        if unrelated is not None:
-            with torch.no_grad():
-                pre = target_logits(model, unrelated)
-        with shifted(model, shifts):
-            post_edit = target_logits(model, edits)
-            post_loc = target_logits(model, unrelated) if unrelated is not None else None
-        nll = target_nll(post_edit, edits)
-        stats = {"edit_nll": nll.item(), "edit_acc": target_accuracy(post_edit, edits)}
-        loss, parts = cfg.cedit * nll, {"nll": nll}
-        if unrelated is not None and post_loc is not None:
-            kl, agree = locality_kl(pre, post_loc, unrelated)
-            loss, parts["kl"] = loss + cfg.cloc * kl, kl
-            stats.update(loc_kl=kl.item(), loc_agree=agree)
-        stats["loss"] = loss.item()
-        return Objective(loss, stats, parts)
+        size = chunk or len(examples)
+        groups = []
+        for start in range(0, len(examples), size):
+            group = examples[start : start + size]
+            rows = [
+                (p, e.request.target_new) for e in group for p in (e.request.text, *e.paraphrases)
+            ]
+            unrelated = [pair for e in group for pair in e.locality]
+            groups.append(
+                (
+                    target_batch(tok, rows, device),
+                    target_batch(tok, unrelated, device) if unrelated else None,
+                )
+            )
+        n_edit = sum(target_tokens(edits) for edits, _ in groups)
+        n_loc = sum(target_tokens(loc) for _, loc in groups if loc is not None)
+        nll = kl = torch.zeros((), device=device)
+        hits = kept = 0.0
+        for edits, unrelated in groups:
+            if unrelated is not None:
+                with torch.no_grad():
+                    pre = target_logits(model, unrelated)
+            with shifted(model, shifts):
+                post_edit = target_logits(model, edits)
+                post_loc = target_logits(model, unrelated) if unrelated is not None else None
+            part_nll = target_nll(post_edit, edits, "sum") / n_edit
+            hits += target_accuracy(post_edit, edits) * target_tokens(edits)
+            part_kl = torch.zeros((), device=device)
+            if unrelated is not None and post_loc is not None:
+                part_kl, part_kept = locality_kl(pre, post_loc, unrelated)
+                part_kl, kept = part_kl / n_loc, kept + part_kept
+            if backward:
+                # the shifts' own graph (to the editor) serves every chunk: kept
+                (cfg.cedit * part_nll + cfg.cloc * part_kl).backward(retain_graph=True)
+                part_nll, part_kl = part_nll.detach(), part_kl.detach()
+            nll, kl = nll + part_nll, kl + part_kl
+        loss = cfg.cedit * nll + cfg.cloc * kl
+        stats = {"edit_nll": nll.item(), "edit_acc": hits / n_edit, "loss": loss.item()}
+        if n_loc:
+            stats.update(loc_kl=kl.item(), loc_agree=kept / n_loc)
+        return Objective(loss, stats, {"nll": nll, "kl": kl} if n_loc else {"nll": nll})
 
     def apply(
         self,

@@ -70,7 +70,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.methods._grads import keys_and_gradients
-from kedit.methods._hypernet import RunningStandardiser, Shift, TrainingExample, shape_key
+from kedit.methods._hypernet import (
+    Objective,
+    RunningStandardiser,
+    Shift,
+    TrainingExample,
+    shape_key,
+)
 from kedit.methods._meta import MetaConfig, MetaMethod
 from kedit.model.arch import get_module, weight_out_in
 from kedit.model.hooks import frozen
@@ -258,8 +264,10 @@ class MALMEN(MetaMethod):
             leaves = [s.float().requires_grad_() for s in solved]
             del solved  # float64 copies of every S*: the float32 leaves are kept
             shifts = {p: Shift(dense=leaf.T) for p, leaf in zip(paths, leaves)}
-            objective = self.post_edit_objective(model, tok, examples, shifts)
-            objective.loss.backward()  # 2. G = dL/dS*
+            # 2. G = dL/dS*, one pass of edits' graph at a time
+            objective = self.post_edit_objective(
+                model, tok, examples, shifts, chunk=self.config.pass_size, backward=True
+            )
         with statistics_frozen(editor):
             for index, (path, leaf) in enumerate(zip(paths, leaves)):
                 grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
@@ -267,6 +275,18 @@ class MALMEN(MetaMethod):
                     editor, index, keys[path], grads[path], grad, leaf.detach()
                 )
         return objective.stats
+
+    def objective(
+        self,
+        model: nn.Module,
+        tok: PreTrainedTokenizerBase,
+        examples: Sequence[TrainingExample],
+        editor: nn.Module,
+    ) -> Objective:
+        """The shared objective (validation), its passes ``pass_size`` edits at a time."""
+        model = hf_module(model)
+        shifts = self.shifts(model, tok, [e.request for e in examples], editor)
+        return self.post_edit_objective(model, tok, examples, shifts, chunk=self.config.pass_size)
 
     def _keys_and_gradients(
         self,
