@@ -105,6 +105,41 @@ TINY = {
         "max_steps": 20,
         "val_every": 10,
     },
+    # 20 steps on both blocks; ridge e^-8 for tiny keys (|u|^2: 0.003 llama, 0.2 gpt2; ref e^0)
+    "malmen": {
+        "modules": {"mlp_out": [0, 1]},
+        "rank": 16,
+        "edit_lr": 1e-2,
+        "log_ridge": -8.0,
+        "lr": 1e-3,
+        "batch_size": 2,
+        "pass_size": 2,
+        "val_size": 8,
+        "max_steps": 20,
+        "val_every": 20,
+    },
+    # KE starts as the step -max_scale/(2 d_out) * grad: max_scale for 32-64-wide outputs; small lr
+    "ke": {
+        "modules": {"mlp_in": [-1], "mlp_out": [-1]},
+        "hidden_dim": 16,
+        "condition_dim": 16,
+        "max_scale": 128.0,
+        "lr": 1e-3,
+        "warmup_steps": 4,
+        "val_size": 4,
+        "max_steps": 12,
+        "val_every": 12,
+    },
+    # a small random BERT as the classifier (MiniLM's 22M weights are too slow to train here);
+    # 10 steps at a rate that moves 32-wide models
+    "serac": {
+        "classifier": "tiny",
+        "lr": 1e-3,
+        "accumulate": 1,
+        "val_size": 4,
+        "max_steps": 10,
+        "val_every": 10,
+    },
 }
 
 

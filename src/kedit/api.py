@@ -111,7 +111,7 @@ def train(
     env: Environment | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train the editor of a meta-learning ``method`` (``mend``, ``ke``, ``malmen``) for
+    """Train the editor of ``method`` (``mend``, ``ke``, ``malmen``, ``serac``) for
     ``model`` on ``dataset`` (default: the config's ``train_data``), resuming a checkpoint of
     the same run; the editor lands in kedit's cache, where ``edit(..., method=...)`` finds it,
     or in ``out``. ``steps`` and ``val_every`` set ``max_steps`` and ``val_every``; ``limit``

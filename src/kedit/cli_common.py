@@ -34,7 +34,7 @@ def common_options() -> argparse.ArgumentParser:
     common.add_argument(
         "--editor",
         metavar="PATH",
-        help="a trained editor (MEND, KE, MALMEN) to edit with: kedit train's folder "
+        help="a trained editor (MEND, KE, MALMEN, SERAC) to edit with: kedit train's folder "
         "(default: the cache's, for this model and config)",
     )
     common.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")

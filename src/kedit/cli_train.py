@@ -15,8 +15,9 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     train = sub.add_parser(
         "train",
         parents=[common],
-        help="train the editor network of MEND, KE or MALMEN",
-        description="Trains a meta-learning method's editor for a model on a training split, "
+        help="train what MEND, KE, MALMEN or SERAC edit with",
+        description="Trains the editor of a method that needs one (MEND, KE, MALMEN: a network; "
+        "SERAC: its scope classifier and counterfactual model) for a model on a training split, "
         "validating on held-out examples, and saves it (safetensors + JSON) in kedit's cache "
         "keyed by the model's fingerprint, the method's config and the data, where kedit "
         "edit/eval/bench find it. Re-running the same command resumes a killed run; a larger "

