@@ -108,6 +108,10 @@ BATCH_ONLY = {"ultraedit"}
 #: " Paris" even with the new fact stated twice just before the prompt), so IKE is checked for
 #: what it does on this model in test_ike_on_the_real_model instead
 LEARNS_IN_CONTEXT = False
+#: methods that edit with a trained editor (kedit train: about an hour each on these CPUs): their
+#: pipeline is tested on tiny models (tests/test_train.py, the contract), their quality on
+#: SmolLM2 measured by benchmarks/bench_meta.py
+TRAINED = {n for n in METHODS.names() if getattr(METHODS[n], "needs_training", False)}
 
 
 @pytest.mark.parametrize(
@@ -115,7 +119,7 @@ LEARNS_IN_CONTEXT = False
     [
         n
         for n in METHODS.names()
-        if n not in {"rome", *DAMAGING, *BATCH_ONLY}
+        if n not in {"rome", *DAMAGING, *BATCH_ONLY, *TRAINED}
         and (LEARNS_IN_CONTEXT or not METHODS[n].reads_context)
     ],
 )
