@@ -24,6 +24,7 @@ from kedit.bench.summary import BenchSummary
 from kedit.bench.verdicts import (
     DOWNSTREAM_DEGRADE,
     LOCALITY_DROP,
+    available,
     headline_difference,
     verdict,
 )
@@ -88,11 +89,16 @@ def estimate_of(numbers: dict[str, float], key: str, n: int, unit: str = "cases"
     return Estimate(numbers[key], numbers[f"{key}_low"], numbers[f"{key}_high"], n, unit)
 
 
+def test_a_claim_names_a_method_kedit_lacks(summary):
+    ran, missing = available(summary, ("rome", "no-such-editor"))
+    assert ran == ["rome"] and missing == ["NO-SUCH-EDITOR is not registered in kedit yet"]
+
+
 def test_verdicts_on_the_synthetic_bench(found):
     assert {k: f.verdict for k, f in found.items()} == VERDICTS
-    assert found["mend-degrades"].sentence == "not run: MEND is not registered in kedit yet"
-    assert found["serac-distortion"].sentence == "not run: SERAC is not registered in kedit yet"
-    assert "SERAC is not registered in kedit yet" in found["grace-serac-downstream"].sentence
+    assert found["mend-degrades"].sentence == "not run: MEND was not in this bench"
+    assert found["serac-distortion"].sentence == "not run: SERAC was not in this bench"
+    assert "SERAC was not in this bench" in found["grace-serac-downstream"].sentence
     each = found["preserving-downstream-each"]
     assert "GRACE: " in each.sentence and "IKE: " in each.sentence
     assert {"grace_sst2_change", "ike_sst2_change_low"} <= set(each.numbers)
