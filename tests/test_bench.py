@@ -265,6 +265,25 @@ def test_failures_are_recorded_and_the_bench_goes_on(model_dir, corpus_file, tmp
     assert len(errors) == 5 and all("out of range" in e for e in errors)
 
 
+def test_a_method_without_its_trained_editor_fails_before_any_case(
+    model_dir, corpus_file, tmp_path
+):
+    plan = make_plan(
+        model_dir,
+        corpus_file,
+        tmp_path / "cache",
+        methods=["grace", "mend"],
+        scenarios=["single"],
+        general=[],
+        overrides={"grace": TINY["grace"], "mend": TINY["mend"]},
+    )
+    outcome = run_bench(plan, tmp_path / "bench", progress=False)
+    assert outcome.status == {"grace/single": "done", "mend/single": "failed"}
+    assert "kedit train --method mend" in outcome.failures["mend/single"]
+    with BenchStore(tmp_path / "bench") as store:
+        assert not [c for c in store.cases() if c["job_id"] == "mend/single"]
+
+
 def _bench_command(plan_file: Path, out: Path) -> list[str]:
     options = ["--plan", str(plan_file), "--out", str(out), "--quiet", "--no-report"]
     return [sys.executable, "-m", "kedit.cli", "bench", *options]

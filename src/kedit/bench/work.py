@@ -84,6 +84,7 @@ class BenchWorker:
             editor = self._editor(job.method)
             if job.protocol.why_not(type(editor)) is None:  # else the job is not applicable
                 engine.check_protocol(job.protocol)  # refuses a layer sweep past the last layer
+                editor.prepare(engine.model)  # a missing trained editor fails the job here
             metrics, skipped = self._metrics(job.protocol)
             cases = self._job_cases(job.protocol)
             info = run_info(
