@@ -1,8 +1,8 @@
-"""The meta-learning editors on the default model: train each on CounterFact's training split
-within a step budget, then edit the first evaluation cases beside the unedited model and ROME;
-MALMEN's one-call batch against MEMIT's on the same facts.
+"""The trained editors (MEND, KE, MALMEN, SERAC) on the default model: train each on
+CounterFact's training split within a step budget, then edit the first evaluation cases beside
+the unedited model and ROME; MALMEN's one-call batch against MEMIT's on the same facts.
 
-Usage: python benchmarks/bench_meta.py [--methods mend,ke,malmen] [--steps 1200]
+Usage: python benchmarks/bench_meta.py [--methods mend,ke,malmen,serac] [--steps 1200]
        [--val-every 100] [--cases 50] [--batch 100] [--device cpu] [--out benchmarks/results]
        [--set mend.lr=1e-4 ...]
 
@@ -54,7 +54,7 @@ def scores(report, which: str = "post") -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default="mend,ke,malmen")
+    parser.add_argument("--methods", default="mend,ke,malmen,serac")
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--cases", type=int, default=50)
