@@ -80,6 +80,21 @@ def main() -> None:
         "methods": {},
     }
     methods = [m for m in args.methods.split(",") if m]
+
+    def evaluate(name: str, protocol: str, limit: int):
+        """``name`` on the first ``limit`` counterfact cases under ``protocol``."""
+        return kedit.evaluate(
+            model,
+            tok,
+            "counterfact",
+            name,
+            overrides=overrides.get(name),
+            protocol=protocol,
+            limit=limit,
+            env=env,
+            progress=False,
+        )
+
     for name in methods:
         start = time.perf_counter()
         trained = kedit.train(
@@ -105,38 +120,16 @@ def main() -> None:
                 "folder": str(trained.folder),
             }
         }
-        report = kedit.evaluate(
-            model,
-            tok,
-            "counterfact",
-            name,
-            overrides=overrides.get(name),
-            limit=args.cases,
-            env=env,
-            progress=False,
-        )
-        entry["eval"] = scores(report)
+        entry["eval"] = scores(evaluate(name, "single", args.cases))
         result["methods"][name] = entry
         print(name, json.dumps(entry["eval"]), f"best step {trained.best_step}", flush=True)
-    rome = kedit.evaluate(
-        model, tok, "counterfact", "rome", limit=args.cases, env=env, progress=False
-    )
+    rome = evaluate("rome", "single", args.cases)
     result["rome"] = scores(rome)
     result["unedited"] = scores(rome, "pre")
     if "malmen" in methods:
         for name in ("malmen", "memit"):
             start = time.perf_counter()
-            report = kedit.evaluate(
-                model,
-                tok,
-                "counterfact",
-                name,
-                overrides=overrides.get(name),
-                protocol=f"batch:{args.batch}",
-                limit=args.batch,
-                env=env,
-                progress=False,
-            )
+            report = evaluate(name, f"batch:{args.batch}", args.batch)
             result[f"{name}_batch"] = {
                 "facts": args.batch,
                 "wall_s": time.perf_counter() - start,

@@ -35,7 +35,7 @@ OTHER = EditRequest("The capital of {}", "Germany", "Madrid", "Berlin")
 
 def make(name: str, model: torch.nn.Module, env) -> object:
     overrides = tiny_config(name)
-    if getattr(METHODS[name], "needs_training", False):  # its editor, trained once per session
+    if METHODS[name].needs_training:  # its editor, trained once per session
         overrides["editor"] = str(trained_editor(name, model.config.model_type))
     return METHODS[name].for_model(model, overrides, env)
 

@@ -9,8 +9,14 @@ import torch
 
 from kedit.methods import METHODS
 from kedit.methods._grads import keys_and_gradients
-from kedit.methods._hypernet import TrainingExample
-from kedit.methods.malmen import MALMENConfig, MALMENNet, normal_matrix, ridge_factor, value_shifts
+from kedit.methods._hypernet import PairNetwork, TrainingExample
+from kedit.methods.malmen import (
+    MALMENBlock,
+    MALMENConfig,
+    normal_matrix,
+    ridge_factor,
+    value_shifts,
+)
 from kedit.model.arch import get_module
 from kedit.model.hooks import frozen
 from kedit.model.lm import as_language_model
@@ -41,7 +47,7 @@ def randomised(editor: torch.nn.Module) -> torch.nn.Module:
     """The editor away from its identity start, so that every parameter carries a gradient."""
     torch.manual_seed(1)
     for net in editor.nets.values():
-        for block in net.blocks:
+        for block in net.layers:
             block.b.data.normal_(0, 0.1)
             block.bias.data.normal_(0, 0.1)
             block.mode_scale.data.uniform_(0.5, 1.5)
@@ -107,7 +113,7 @@ def test_s_star_solves_the_ridge_normal_equation():
 def test_an_identity_network_with_unit_statistics_gives_the_hand_computed_shift():
     """Standardiser mean 0 and deviation 1, ``B = 0``: ``u~ = u``, ``d~ = d``, so
     ``v = -eta |u|^2 d`` and ``S*^T u = |u|^2 / (|u|^2 + e^lambda) v``."""
-    net = MALMENNet(3, 2, rank=4, n_blocks=2, n_modes=1).eval()
+    net = PairNetwork(3, 2, [MALMENBlock(5, rank=4, n_modes=1) for _ in range(2)]).eval()
     net.standardise.count.fill_(3.0)
     net.standardise.squares.fill_(2.0)  # variance squares / (count - 1) = 1
     keys, grads = torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([[0.0, 1.0]])

@@ -111,7 +111,7 @@ LEARNS_IN_CONTEXT = False
 #: methods that edit with a trained editor (kedit train: about an hour each on these CPUs): their
 #: pipeline is tested on tiny models (tests/test_train.py, the contract), their quality on
 #: SmolLM2 measured by benchmarks/bench_meta.py
-TRAINED = {n for n in METHODS.names() if getattr(METHODS[n], "needs_training", False)}
+TRAINED = {n for n in METHODS.names() if METHODS[n].needs_training}
 
 
 @pytest.mark.parametrize(

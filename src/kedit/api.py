@@ -136,4 +136,4 @@ def train(
 
 def meta_methods() -> str:
     """The registered methods that need a trained editor."""
-    return ", ".join(n for n in METHODS.names() if getattr(METHODS[n], "needs_training", False))
+    return ", ".join(n for n in METHODS.names() if METHODS[n].needs_training)

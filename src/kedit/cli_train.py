@@ -36,7 +36,7 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     env = environment(args)
-    if not getattr(METHODS[args.method], "needs_training", False):
+    if not METHODS[args.method].needs_training:
         raise ValueError(f"{args.method} trains nothing; kedit train is for {api.meta_methods()}")
     for name, value in (("--steps", args.steps), ("--val-every", args.val_every)):
         if value is not None and value < 1:

@@ -6,14 +6,17 @@
   dense; :func:`shifted` adds shifts to modules' outputs inside a block, keeping the graph to the
   editor (training) without touching the weights.
 * :class:`RunningStandardiser`: per-dimension running mean and deviation of the rows an editor
-  sees in training (MEND's and MALMEN's input normalisation), buffers that checkpoint.
+  sees in training (MEND's and MALMEN's input normalisation), buffers that checkpoint;
+  :class:`PairNetwork` (``[k; d]`` standardised, through residual layers, split back) and
+  :class:`ShapeSharedEditor` (one network per matrix shape, a step per matrix): MEND's and
+  MALMEN's editors, which differ only in their residual layer.
 * :class:`Objective` and :func:`locality_kl`: a training objective's value and parts;
   :func:`target_tokens` counts a batch's target tokens (objectives summed over chunks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -155,3 +158,61 @@ def target_tokens(batch: TargetBatch) -> int:
 def shape_key(shape: tuple[int, int]) -> str:
     """A matrix shape ``(d_out, d_in)`` as a ``ModuleDict`` key (networks shared per shape)."""
     return f"{shape[0]}x{shape[1]}"
+
+
+class PairNetwork(nn.Module):
+    """The network of the matrices of one shape: ``[k; d]`` (key, output gradient) standardised
+    with running statistics, through residual ``layers`` called as ``layer(h, mode)`` (``mode``:
+    which matrix of the shape), split back into ``(k~, d~)``."""
+
+    def __init__(self, d_in: int, d_out: int, layers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.d_in = d_in
+        self.standardise = RunningStandardiser(d_in + d_out)
+        self.layers = nn.ModuleList(layers)
+
+    def forward(
+        self, keys: torch.Tensor, grads: torch.Tensor, mode: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.standardise(torch.cat([keys, grads], 1))  # (rows, d_in + d_out)
+        for layer in self.layers:
+            h = layer(h, mode)
+        return h[:, : self.d_in], h[:, self.d_in :]
+
+
+class ShapeSharedEditor(nn.Module):
+    """One :class:`PairNetwork` per distinct matrix shape ``(d_out, d_in)``, shared by the
+    matrices of that shape (each its own ``mode``), and a learned step per matrix.
+    ``make_layer(width, n_modes)`` builds one residual layer."""
+
+    def __init__(
+        self,
+        shapes: Sequence[tuple[int, int]],
+        make_layer: Callable[[int, int], nn.Module],
+        n_layers: int,
+        edit_lr: float,
+    ) -> None:
+        super().__init__()
+        self.shapes = list(shapes)
+        self.modes = [self.shapes[:i].count(s) for i, s in enumerate(self.shapes)]
+        self.nets = nn.ModuleDict(
+            {
+                shape_key(s): PairNetwork(
+                    s[1],
+                    s[0],
+                    [make_layer(s[0] + s[1], self.shapes.count(s)) for _ in range(n_layers)],
+                )
+                for s in dict.fromkeys(self.shapes)
+            }
+        )
+        self.edit_lrs = nn.Parameter(torch.full((len(self.shapes),), float(edit_lr)))
+
+    def net(self, index: int) -> PairNetwork:
+        """The network of matrix ``index``."""
+        return self.nets[shape_key(self.shapes[index])]
+
+    def transform(
+        self, index: int, keys: torch.Tensor, grads: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(k~, d~)`` of matrix ``index``'s rows."""
+        return self.net(index)(keys, grads, self.modes[index])

@@ -36,7 +36,7 @@ from kedit.methods._hypernet import (
 )
 from kedit.methods._trained import TrainedConfig, TrainedMethod
 from kedit.methods.edit import Edit
-from kedit.model.arch import get_module
+from kedit.model.arch import get_module, weight_out_in
 from kedit.model.lm import hf_module, model_device
 from kedit.types import EditRequest
 
@@ -94,7 +94,11 @@ class MetaMethod(TrainedMethod):
         the examples are edited together, and the locality KL from the unedited predictions."""
         model = hf_module(model)
         shifts = self.shifts(model, tok, [e.request for e in examples], editor)
-        return self.post_edit_objective(model, tok, examples, shifts)
+        return self.post_edit_objective(model, tok, examples, shifts, chunk=self.objective_chunk())
+
+    def objective_chunk(self) -> int | None:
+        """Edits whose post-edit passes run together (None: all of a batch at once)."""
+        return None
 
     def post_edit_objective(
         self,
@@ -179,3 +183,11 @@ class MetaMethod(TrainedMethod):
     def module_paths(self, model: nn.Module) -> list[str]:
         """The edited modules' paths, in the order of ``modules``."""
         return linear_paths(model, self.config.modules, self.name)
+
+    def module_shapes(self, model: nn.Module) -> list[tuple[int, int]]:
+        """``(d_out, d_in)`` of each edited module's linear map, whatever its weight layout."""
+        shapes = []
+        for path in self.module_paths(model):
+            d_out, d_in = weight_out_in(get_module(model, path)).shape
+            shapes.append((int(d_out), int(d_in)))
+        return shapes

@@ -83,8 +83,7 @@ class TrainedMethod(EditMethod):
     """Base of the methods that need a trained part before they can edit."""
 
     config_cls: ClassVar[type[TrainedConfig]] = TrainedConfig
-    #: ``kedit train`` makes what this method needs before it can edit
-    needs_training: ClassVar[bool] = True
+    needs_training = True
 
     def __init__(self, config: MethodConfig | None = None, env: Any = None) -> None:
         super().__init__(config, env)

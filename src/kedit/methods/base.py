@@ -57,6 +57,8 @@ class EditMethod(ABC):
     #: DeepEdit's retrieved facts): random weights cannot follow it, so the contract holds such
     #: a method to changing the predictions of a tiny model, not to raising the target
     reads_context: ClassVar[bool] = False
+    #: the method edits with a part trained beforehand (``kedit train``; ``_trained.py``)
+    needs_training: ClassVar[bool] = False
 
     @classmethod
     def modifies_parameters(cls) -> bool:

@@ -79,7 +79,6 @@ from kedit.methods._grads import (
 from kedit.methods._hypernet import Objective, Shift, TrainingExample
 from kedit.methods._meta import MetaConfig, MetaMethod
 from kedit.methods.base import batch_error
-from kedit.model.arch import get_module, weight_out_in
 from kedit.model.lm import hf_module, model_device
 from kedit.model.tokens import encode_prompt_target
 from kedit.types import EditRequest
@@ -237,8 +236,7 @@ class KE(MetaMethod):
 
     def build_editor(self, model: nn.Module) -> KEEditor:
         model = hf_module(model)
-        paths = self.module_paths(model)
-        shapes = [tuple(weight_out_in(get_module(model, p)).shape) for p in paths]
+        paths, shapes = self.module_paths(model), self.module_shapes(model)
         return KEEditor(paths, shapes, model.get_input_embeddings().weight, self.config)
 
     def shifts(

@@ -3,7 +3,8 @@
 Tan, Zhang, Fu. "Massive Editing for Large Language Models via Meta Learning", ICLR 2024.
 https://arxiv.org/abs/2311.04661 (reference: ``ChenmienTan/malmen``: ``editor/malmen.py``
 (predict_param_shifts, update_hypernet), ``editor/base.py`` (cache, train), ``nets.py``
-(MALMENNet, MALMENBlock), ``util.py`` (Tracer, ``token: ans``), ``config/``)
+(MALMENNet, MALMENBlock: here ``_hypernet.PairNetwork`` of blocks), ``util.py`` (Tracer,
+``token: ans``), ``config/``)
 
 MEND's rank-one shifts, summed over many edits, cancel one another. MALMEN instead asks for the
 output change each edit wants at its own keys and finds one shift per matrix by least squares.
@@ -71,14 +72,13 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.methods._grads import keys_and_gradients
 from kedit.methods._hypernet import (
-    Objective,
+    PairNetwork,
     RunningStandardiser,
+    ShapeSharedEditor,
     Shift,
     TrainingExample,
-    shape_key,
 )
 from kedit.methods._meta import MetaConfig, MetaMethod
-from kedit.model.arch import get_module, weight_out_in
 from kedit.model.hooks import frozen
 from kedit.model.lm import hf_module
 from kedit.types import EditRequest
@@ -152,53 +152,27 @@ class MALMENBlock(nn.Module):
         return y + self.mode_scale[mode] * hidden + self.mode_shift[mode]
 
 
-class MALMENNet(nn.Module):
-    """The network of the matrices of one shape: ``[u; d] -> [u~; d~]``."""
-
-    def __init__(self, d_in: int, d_out: int, rank: int, n_blocks: int, n_modes: int) -> None:
-        super().__init__()
-        self.d_in = d_in
-        self.standardise = RunningStandardiser(d_in + d_out)
-        self.blocks = nn.ModuleList(
-            MALMENBlock(d_in + d_out, rank, n_modes) for _ in range(n_blocks)
-        )
-
-    def forward(
-        self, keys: torch.Tensor, grads: torch.Tensor, mode: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.standardise(torch.cat([keys, grads], 1))  # (rows, d_in + d_out)
-        for block in self.blocks:
-            h = block(h, mode)
-        return h[:, : self.d_in], h[:, self.d_in :]
-
-
-class MALMENEditor(nn.Module):
-    """One :class:`MALMENNet` per matrix shape, and a step and a log ridge per matrix."""
+class MALMENEditor(ShapeSharedEditor):
+    """MALMEN's network per matrix shape (``n_blocks`` :class:`MALMENBlock` s on standardised
+    ``[u; d]``), and a step and a log ridge per matrix."""
 
     def __init__(self, shapes: Sequence[tuple[int, int]], config: MALMENConfig) -> None:
-        super().__init__()
-        self.shapes = list(shapes)  # (d_out, d_in) of each edited matrix
-        self.modes = [self.shapes[:i].count(s) for i, s in enumerate(self.shapes)]
-        self.nets = nn.ModuleDict(
-            {
-                shape_key(s): MALMENNet(
-                    s[1], s[0], config.rank, config.n_blocks, self.shapes.count(s)
-                )
-                for s in dict.fromkeys(self.shapes)
-            }
+        super().__init__(
+            shapes,
+            lambda width, n_modes: MALMENBlock(width, config.rank, n_modes),
+            config.n_blocks,
+            config.edit_lr,
         )
-        self.edit_lrs = nn.Parameter(torch.full((len(shapes),), float(config.edit_lr)))
         self.log_ridges = nn.Parameter(torch.full((len(shapes),), float(config.log_ridge)))
 
     def observe(self, index: int, keys: torch.Tensor, grads: torch.Tensor) -> None:
         """In training, matrix ``index``'s rows join its network's running statistics."""
         if self.training:
-            self.nets[shape_key(self.shapes[index])].standardise.update(torch.cat([keys, grads], 1))
+            self.net(index).standardise.update(torch.cat([keys, grads], 1))
 
     def value_shifts(self, index: int, keys: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """``v_i = -eta_m (u_i . u~_i) d~_i`` of matrix ``index``, ``(rows, d_out)``."""
-        net = self.nets[shape_key(self.shapes[index])]
-        return value_shifts(net, keys, grads, self.modes[index], self.edit_lrs[index])
+        return value_shifts(self.net(index), keys, grads, self.modes[index], self.edit_lrs[index])
 
 
 class MALMEN(MetaMethod):
@@ -211,9 +185,7 @@ class MALMEN(MetaMethod):
     supports_batch = True
 
     def build_editor(self, model: nn.Module) -> MALMENEditor:
-        paths = self.module_paths(model)
-        shapes = [tuple(weight_out_in(get_module(model, p)).shape) for p in paths]
-        return MALMENEditor(shapes, self.config)
+        return MALMENEditor(self.module_shapes(model), self.config)
 
     def shifts(
         self,
@@ -266,7 +238,7 @@ class MALMEN(MetaMethod):
             shifts = {p: Shift(dense=leaf.T) for p, leaf in zip(paths, leaves)}
             # 2. G = dL/dS*, one pass of edits' graph at a time
             objective = self.post_edit_objective(
-                model, tok, examples, shifts, chunk=self.config.pass_size, backward=True
+                model, tok, examples, shifts, chunk=self.objective_chunk(), backward=True
             )
         with statistics_frozen(editor):
             for index, (path, leaf) in enumerate(zip(paths, leaves)):
@@ -276,17 +248,9 @@ class MALMEN(MetaMethod):
                 )
         return objective.stats
 
-    def objective(
-        self,
-        model: nn.Module,
-        tok: PreTrainedTokenizerBase,
-        examples: Sequence[TrainingExample],
-        editor: nn.Module,
-    ) -> Objective:
-        """The shared objective (validation), its passes ``pass_size`` edits at a time."""
-        model = hf_module(model)
-        shifts = self.shifts(model, tok, [e.request for e in examples], editor)
-        return self.post_edit_objective(model, tok, examples, shifts, chunk=self.config.pass_size)
+    def objective_chunk(self) -> int:
+        """The post-edit loss runs ``pass_size`` edits at a time, as the keys pass does."""
+        return self.config.pass_size
 
     def _keys_and_gradients(
         self,
@@ -327,7 +291,7 @@ class MALMEN(MetaMethod):
 
 
 def value_shifts(
-    net: MALMENNet, keys: torch.Tensor, grads: torch.Tensor, mode: int, edit_lr: torch.Tensor
+    net: PairNetwork, keys: torch.Tensor, grads: torch.Tensor, mode: int, edit_lr: torch.Tensor
 ) -> torch.Tensor:
     """``v_i = -eta (u_i . u~_i) d~_i``: keys ``(rows, d_in)``, gradients ``(rows, d_out)``."""
     keys_t, grads_t = net(keys, grads, mode)

@@ -33,9 +33,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.methods._grads import keys_and_gradients
-from kedit.methods._hypernet import RunningStandardiser, Shift, shape_key
+from kedit.methods._hypernet import ShapeSharedEditor, Shift
 from kedit.methods._meta import MetaConfig, MetaMethod
-from kedit.model.arch import get_module, weight_out_in
 from kedit.types import EditRequest
 
 
@@ -85,41 +84,17 @@ class LowRankResidual(nn.Module):
         return h + torch.relu(pre * self.mode_scale[mode] + self.mode_shift[mode])
 
 
-class GradientTransform(nn.Module):
-    """MEND's ``g`` for matrices of one shape: ``[x; d] -> [x~; d~]``."""
-
-    def __init__(self, d_in: int, d_out: int, rank: int, n_hidden: int, n_modes: int) -> None:
-        super().__init__()
-        self.d_in = d_in
-        self.standardise = RunningStandardiser(d_in + d_out)
-        self.layers = nn.ModuleList(
-            LowRankResidual(d_in + d_out, rank, n_modes) for _ in range(n_hidden + 1)
-        )
-
-    def forward(
-        self, keys: torch.Tensor, grads: torch.Tensor, mode: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.standardise(torch.cat([keys, grads], 1))  # (tokens, d_in + d_out)
-        for layer in self.layers:
-            h = layer(h, mode)
-        return h[:, : self.d_in], h[:, self.d_in :]
-
-
-class MENDEditor(nn.Module):
-    """One :class:`GradientTransform` per matrix shape and one step per edited matrix."""
+class MENDEditor(ShapeSharedEditor):
+    """MEND's ``g`` per matrix shape (``n_hidden + 1`` :class:`LowRankResidual` layers on
+    standardised ``[x; delta]``) and a step ``a_W`` per edited matrix."""
 
     def __init__(self, shapes: Sequence[tuple[int, int]], config: MENDConfig) -> None:
-        super().__init__()
-        distinct = list(dict.fromkeys(shapes))
-        self.nets = nn.ModuleDict(
-            {
-                shape_key(s): GradientTransform(
-                    s[1], s[0], config.rank, config.n_hidden, shapes.count(s)
-                )
-                for s in distinct
-            }
+        super().__init__(
+            shapes,
+            lambda width, n_modes: LowRankResidual(width, config.rank, n_modes),
+            config.n_hidden + 1,
+            config.edit_lr,
         )
-        self.edit_lrs = nn.Parameter(torch.full((len(shapes),), float(config.edit_lr)))
 
 
 class MEND(MetaMethod):
@@ -132,7 +107,7 @@ class MEND(MetaMethod):
     supports_batch = True
 
     def build_editor(self, model: nn.Module) -> MENDEditor:
-        return MENDEditor([self._shape(model, p) for p in self.module_paths(model)], self.config)
+        return MENDEditor(self.module_shapes(model), self.config)
 
     def optimiser(self, editor: nn.Module) -> torch.optim.Optimizer:
         """Adam on the networks at ``lr`` and on the steps at ``lr_lr`` (the reference's two
@@ -157,20 +132,10 @@ class MEND(MetaMethod):
         pairs = [(r.text, r.target_new) for r in requests]
         # every token of every request in one pass, the NLL a mean over the target tokens
         keys, grads = keys_and_gradients(model, tok, pairs, paths, len(pairs), tokens="all")
-        shapes = [self._shape(model, p) for p in paths]
         shifts = {}
-        for index, (path, shape) in enumerate(zip(paths, shapes)):
+        for index, path in enumerate(paths):
             rows = (keys[path] != 0).any(1) & (grads[path] != 0).any(1)  # tokens with a gradient
-            mode = shapes[:index].count(shape)
-            keys_t, grads_t = editor.nets[shape_key(shape)](
-                keys[path][rows], grads[path][rows], mode
-            )  # (tokens, d_in), (tokens, d_out)
-            # W - a sum_t d~_t x~_t^T, kept as factors of rank <= tokens
+            keys_t, grads_t = editor.transform(index, keys[path][rows], grads[path][rows])
+            # (tokens, d_in), (tokens, d_out); W - a sum_t d~_t x~_t^T, factors of rank <= tokens
             shifts[path] = Shift(left=-editor.edit_lrs[index] * grads_t.T, right=keys_t.T)
         return shifts
-
-    @staticmethod
-    def _shape(model: nn.Module, path: str) -> tuple[int, int]:
-        """``(d_out, d_in)`` of the linear map at ``path``, whatever its weight layout."""
-        d_out, d_in = weight_out_in(get_module(model, path)).shape
-        return int(d_out), int(d_in)
