@@ -3,11 +3,11 @@ CounterFact's training split within a step budget, then edit the first evaluatio
 the unedited model and ROME; MALMEN's one-call batch against MEMIT's on the same facts.
 
 Usage: python benchmarks/bench_meta.py [--methods mend,ke,malmen,serac] [--steps 1200]
-       [--val-every 100] [--cases 50] [--batch 100] [--device cpu] [--out benchmarks/results]
+       [--minutes 60] [--val-every 100] [--cases 50] [--batch 100] [--device cpu] [--out benchmarks/results]
        [--set mend.lr=1e-4 ...]
 
 1. Training (``kedit.train``, resumable: an interrupted run of this script continues where it
-   stopped): per method the steps, wall time, the validation curve (every ``--val-every``
+   stopped; ``--minutes`` ends each method's run after the step that passes it): per method the steps, wall time, the validation curve (every ``--val-every``
    steps: held-out loss, edit token accuracy, unrelated top-1 kept) and the best step.
 2. Evaluation (``kedit.evaluate``, protocol ``single``, the core suite) on the first ``--cases``
    of ``counterfact`` (the evaluation split, never trained on): efficacy, paraphrase and
@@ -56,6 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="mend,ke,malmen,serac")
     parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--minutes", type=float, help="time budget of each training run")
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--cases", type=int, default=50)
     parser.add_argument("--batch", type=int, default=100)
@@ -106,6 +107,7 @@ def main() -> None:
             overrides=overrides.get(name),
             env=env,
             progress=True,
+            time_limit_s=args.minutes * 60 if args.minutes else None,
         )
         entry = {
             "train": {
@@ -116,6 +118,7 @@ def main() -> None:
                 "wall_s_this_run": time.perf_counter() - start,
                 "resumed_from": trained.resumed_from,
                 "stopped_early": trained.stopped_early,
+                "out_of_time": trained.out_of_time,
                 "curve": trained.curve,
                 "folder": str(trained.folder),
             }

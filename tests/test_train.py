@@ -5,6 +5,7 @@ bit, a killed run resumes to the uninterrupted result, and every misuse gets a c
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,8 +13,10 @@ from safetensors.torch import load_file
 
 import kedit
 from kedit.cli import main
+from kedit.cli_train import duration_s
 from kedit.methods import METHODS
 from kedit.model.lm import as_language_model
+from kedit.train import loop as train_loop
 from kedit.train import train_editor, training_data
 from tests.conftest import data_dir, tiny_model, train_tokenizer
 from tests.tiny_configs import tiny_config
@@ -100,6 +103,39 @@ def test_a_killed_training_resumes_to_the_uninterrupted_result(tokenizer, env, t
     assert drop_wall == [{k: v for k, v in p.items() if k != "wall_s"} for p in resumed.curve]
 
 
+def test_a_time_limit_ends_the_run_validated_and_the_same_call_continues_it(
+    tokenizer, env, tmp_path, monkeypatch
+):
+    steps = {"max_steps": 6, "val_every": 3}
+    model, method, data = setup(env, steps)
+    whole = train_editor(method, model, tokenizer, data, env, tmp_path / "whole", False)
+
+    clock = {"t": 0.0}  # ten seconds pass in every training step, none elsewhere
+    monkeypatch.setattr(train_loop, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
+    model, method, data = setup(env, steps)
+    real = method.train_step
+
+    def ten_seconds(*args):
+        clock["t"] += 10.0
+        return real(*args)
+
+    method.train_step = ten_seconds
+    first = train_editor(method, model, tokenizer, data, env, tmp_path / "timed", False, 15.0)
+    # step 2 passes 15 s: it is validated (off the val_every grid) and checkpointed
+    assert first.out_of_time and first.steps == 2
+    assert [p["step"] for p in first.curve] == [1, 2]
+    saved = json.loads((first.folder / "checkpoint.json").read_text())["progress"]
+    assert saved["step"] == 2
+
+    model, method, data = setup(env, steps)
+    rest = train_editor(method, model, tokenizer, data, env, tmp_path / "timed", False)
+    assert rest.resumed_from == 2 and rest.steps == 6 and not rest.out_of_time
+    a = load_file(str(whole.folder / "checkpoint.safetensors"))
+    b = load_file(str(rest.folder / "checkpoint.safetensors"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert [p["step"] for p in rest.curve] == [1, 2, 3, 6]
+
+
 def test_without_a_trained_editor_the_error_gives_the_train_command(tokenizer, env):
     model = tiny_model("llama")
     method = METHODS["mend"].for_model(model, MEND, env)
@@ -166,3 +202,14 @@ def test_kedit_train_then_edit_from_the_command_line(tmp_path, capsys):
     assert "editor_steps=" in capsys.readouterr().out
     assert main(["train", *common, "--method", "rome"]) == 2
     assert "rome trains nothing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as parse_error:  # argparse's usage error, exit status 2
+        main(["train", *common, "--time-limit", "ten minutes"])
+    assert parse_error.value.code == 2
+    assert "not a duration: 'ten minutes'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("3600", 3600), ("90s", 90), ("45m", 2700), ("1h30m", 5400), ("2h", 7200)]
+)
+def test_time_limits_read_as_seconds(text, seconds):
+    assert duration_s(text) == seconds

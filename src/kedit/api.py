@@ -110,12 +110,14 @@ def train(
     limit: int | None = None,
     env: Environment | None = None,
     progress: bool = True,
+    time_limit_s: float | None = None,
 ) -> TrainResult:
     """Train the editor of ``method`` (``mend``, ``ke``, ``malmen``, ``serac``) for
     ``model`` on ``dataset`` (default: the config's ``train_data``), resuming a checkpoint of
     the same run; the editor lands in kedit's cache, where ``edit(..., method=...)`` finds it,
     or in ``out``. ``steps`` and ``val_every`` set ``max_steps`` and ``val_every``; ``limit``
-    reads at most that many training examples."""
+    reads at most that many training examples; ``time_limit_s`` ends this run (validated and
+    checkpointed: calling again continues it) after the step that passes that many seconds."""
     env = env if env is not None else Environment()
     overrides = dict(overrides or {})
     if dataset is not None:
@@ -131,7 +133,9 @@ def train(
     data = training_data(
         cfg.train_data, env.data_dir, cfg.val_size, cfg.batch_size, env.seed, limit
     )
-    return train_editor(editor, model, tok, data, env, out, progress)
+    if time_limit_s is not None and time_limit_s <= 0:
+        raise ValueError(f"time_limit_s must be positive, got {time_limit_s}")
+    return train_editor(editor, model, tok, data, env, out, progress, time_limit_s)
 
 
 def meta_methods() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from kedit import api
@@ -30,8 +31,31 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--steps", type=int, help="optimiser steps (default: max_steps)")
     train.add_argument("--val-every", type=int, help="steps between validations and checkpoints")
+    train.add_argument(
+        "--time-limit",
+        type=duration_s,
+        metavar="DURATION",
+        help="stop this run after the step that passes DURATION (90m, 1h, 1h30m, or seconds), "
+        "validated and checkpointed: the same command continues it",
+    )
     train.add_argument("--limit", type=int, help="read at most N training examples")
     train.add_argument("--out", help="editor folder (default: kedit's cache, found automatically)")
+
+
+def duration_s(text: str) -> float:
+    """Seconds in ``text``: ``3600``, ``90s``, ``45m``, ``1h`` or ``1h30m``."""
+    match = re.fullmatch(
+        r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text
+    )
+    if not text.strip() or match is None or not any(match.groups()):
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (write 3600, 90s, 45m, 1h or 1h30m)"
+        )
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise argparse.ArgumentTypeError(f"the duration must be positive, got {text!r}")
+    return total
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -55,10 +79,12 @@ def run_train(args: argparse.Namespace) -> int:
         limit=args.limit,
         env=env,
         progress=not args.quiet,
+        time_limit_s=args.time_limit,
     )
     best = ", ".join(f"{k} {v:.4g}" for k, v in result.best.items())
     resumed = f", resumed at step {result.resumed_from}" if result.resumed_from else ""
     early = " (stopped early)" if result.stopped_early else ""
+    early += " (time limit reached; the same command continues)" if result.out_of_time else ""
     print(f"{args.method}: {result.steps} steps{early}{resumed}, {result.wall_s:.0f} s")
     print(f"best validation at step {result.best_step}: {best}")
     print(f"editor: {result.folder} (curve.png beside it)")

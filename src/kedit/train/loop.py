@@ -6,8 +6,9 @@ clips their norm at ``grad_clip`` and steps the method's optimiser. Every ``val_
 (and after the first, as the reference does, and at the last) the held-out examples are edited
 with the current editor and scored with the same objective: the best validation loss so far is
 written as the editor (what edits use), the run's state as the checkpoint, and the curve beside
-them (redrawn at most once a minute, and at the end). Training stops at ``max_steps`` or
-when the validation loss has not improved for ``patience`` steps. Run again with the same
+them (redrawn at most once a minute, and at the end). Training stops at ``max_steps``, when the
+validation loss has not improved for ``patience`` steps, or after the step that ends the run's
+``time_limit_s`` (validated and saved like any other stop). Run again with the same
 arguments, it resumes from the checkpoint and ends where an uninterrupted run would.
 """
 
@@ -51,6 +52,7 @@ class TrainResult:
     stopped_early: bool
     resumed_from: int
     wall_s: float
+    out_of_time: bool = False
 
 
 def train_editor(
@@ -61,9 +63,12 @@ def train_editor(
     env: Environment,
     out: Path | None = None,
     progress_bar: bool = True,
+    time_limit_s: float | None = None,
 ) -> TrainResult:
     """Train ``method``'s editor for ``model`` on ``data`` (resuming a checkpoint in the
-    folder), and write it to ``out`` or kedit's cache (:meth:`TrainedMethod.editor_folder`)."""
+    folder), and write it to ``out`` or kedit's cache (:meth:`TrainedMethod.editor_folder`).
+    With ``time_limit_s``, this run stops (validated and checkpointed, so a rerun continues)
+    after the first step that ends past that many seconds from its start."""
     model = hf_module(model)
     cfg = method.config
     folder = Path(out) if out is not None else method.editor_folder(model)
@@ -86,18 +91,24 @@ def train_editor(
         unit="step",
     )
     running: dict[str, list[float]] = {}
-    started = time.perf_counter() - progress.wall_s
-    drawn = time.perf_counter()
+    this_run = time.perf_counter()
+    started = this_run - progress.wall_s
+    drawn = this_run
+    out_of_time = False
     with frozen(model):
-        while progress.step < cfg.max_steps and not progress.stopped_early:
+        while progress.step < cfg.max_steps and not progress.stopped_early and not out_of_time:
             stats = _step(method, model, tok, data.train, editor, optimiser, sampler, progress)
             for key, value in stats.items():
                 running.setdefault(key, []).append(value)
             progress.step += 1
             bar.update(1)
             bar.set_postfix({k: f"{sum(v) / len(v):.3g}" for k, v in running.items() if k in SHOWN})
+            out_of_time = (
+                time_limit_s is not None and time.perf_counter() - this_run >= time_limit_s
+            )
             # the first step is validated too: the reference's validation at iteration 0
-            if progress.step % cfg.val_every == 0 or progress.step in (1, cfg.max_steps):
+            last = progress.step in (1, cfg.max_steps) or out_of_time
+            if progress.step % cfg.val_every == 0 or last:
                 progress.wall_s = time.perf_counter() - started
                 _validate_and_save(
                     method,
@@ -129,6 +140,7 @@ def train_editor(
         progress.stopped_early,
         resumed,
         progress.wall_s,
+        out_of_time,
     )
 
 
