@@ -35,20 +35,22 @@ def test_rome_moves_the_eiffel_tower_to_rome(smol):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def test_rome_on_20_counterfact_cases(smol):
+def test_rome_on_10_counterfact_cases(smol):
+    """ROME's SmolLM2 preset on real cases (ten: a ROME edit costs about ten seconds of the
+    suite's CPU time; benchmarks/bench_core.py measures more)."""
     model, tok, env = smol
     report = kedit.evaluate(
         model,
         tok,
         "counterfact",
         "rome",
-        limit=20,
+        limit=10,
         env=env,
         metrics=["efficacy_score", "neighborhood_score"],
         progress=False,
     )
     metrics = report.summary["metrics"]
-    assert report.summary["errors"] == 0 and metrics["efficacy_score"]["n"] == 20
+    assert report.summary["errors"] == 0 and metrics["efficacy_score"]["n"] == 10
     assert metrics["efficacy_score"]["post"] >= 0.9
     ns = metrics["neighborhood_score"]
     assert abs(ns["post"] - ns["pre"]) <= 0.1
