@@ -37,7 +37,7 @@ def test_rome_moves_the_eiffel_tower_to_rome(smol):
 
 def test_rome_on_10_counterfact_cases(smol):
     """ROME's SmolLM2 preset on real cases (ten: a ROME edit costs about ten seconds of the
-    suite's CPU time; benchmarks/bench_core.py measures more)."""
+    suite's CPU time; benchmarks/bench_meta.py scores it on the first 50)."""
     model, tok, env = smol
     report = kedit.evaluate(
         model,
