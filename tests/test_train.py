@@ -127,9 +127,23 @@ def test_a_time_limit_ends_the_run_validated_and_the_same_call_continues_it(
     saved = json.loads((first.folder / "checkpoint.json").read_text())["progress"]
     assert saved["step"] == 2
 
+    # a validation that ends past the limit ends the run too, without another step
+    validate_and_save = train_loop._validate_and_save
+
+    def slow_validation(*args):
+        validate_and_save(*args)
+        clock["t"] += 100.0
+
+    model, method, data = setup(env, steps)
+    method.train_step = ten_seconds
+    monkeypatch.setattr(train_loop, "_validate_and_save", slow_validation)
+    again = train_editor(method, model, tokenizer, data, env, tmp_path / "timed", False, 50.0)
+    assert again.out_of_time and again.steps == 3 and again.resumed_from == 2
+    monkeypatch.setattr(train_loop, "_validate_and_save", validate_and_save)
+
     model, method, data = setup(env, steps)
     rest = train_editor(method, model, tokenizer, data, env, tmp_path / "timed", False)
-    assert rest.resumed_from == 2 and rest.steps == 6 and not rest.out_of_time
+    assert rest.resumed_from == 3 and rest.steps == 6 and not rest.out_of_time
     a = load_file(str(whole.folder / "checkpoint.safetensors"))
     b = load_file(str(rest.folder / "checkpoint.safetensors"))
     assert all(torch.equal(a[key], b[key]) for key in a)

@@ -7,9 +7,9 @@ clips their norm at ``grad_clip`` and steps the method's optimiser. Every ``val_
 with the current editor and scored with the same objective: the best validation loss so far is
 written as the editor (what edits use), the run's state as the checkpoint, and the curve beside
 them (redrawn at most once a minute, and at the end). Training stops at ``max_steps``, when the
-validation loss has not improved for ``patience`` steps, or after the step that ends the run's
-``time_limit_s`` (validated and saved like any other stop). Run again with the same
-arguments, it resumes from the checkpoint and ends where an uninterrupted run would.
+validation loss has not improved for ``patience`` steps, or after the step (or validation) that
+ends past the run's ``time_limit_s`` (validated and saved like any other stop). Run again with
+the same arguments, it resumes from the checkpoint and ends where an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def train_editor(
     """Train ``method``'s editor for ``model`` on ``data`` (resuming a checkpoint in the
     folder), and write it to ``out`` or kedit's cache (:meth:`TrainedMethod.editor_folder`).
     With ``time_limit_s``, this run stops (validated and checkpointed, so a rerun continues)
-    after the first step that ends past that many seconds from its start."""
+    after the first step, or validation, that ends past that many seconds from its start."""
     model = hf_module(model)
     cfg = method.config
     folder = Path(out) if out is not None else method.editor_folder(model)
@@ -103,9 +103,7 @@ def train_editor(
             progress.step += 1
             bar.update(1)
             bar.set_postfix({k: f"{sum(v) / len(v):.3g}" for k, v in running.items() if k in SHOWN})
-            out_of_time = (
-                time_limit_s is not None and time.perf_counter() - this_run >= time_limit_s
-            )
+            out_of_time = past(time_limit_s, this_run)
             # the first step is validated too: the reference's validation at iteration 0
             last = progress.step in (1, cfg.max_steps) or out_of_time
             if progress.step % cfg.val_every == 0 or last:
@@ -127,6 +125,9 @@ def train_editor(
                 if time.perf_counter() - drawn > CURVE_EVERY_S:  # seconds a draw costs, not more
                     write_curve(folder, method.display_name, progress.curve, progress.best_step)
                     drawn = time.perf_counter()
+                # a validation that ends past the limit ends the run: the state is saved, and
+                # one more step would cost another validation
+                out_of_time = past(time_limit_s, this_run)
     bar.close()
     if progress.curve:
         write_curve(folder, method.display_name, progress.curve, progress.best_step)
@@ -142,6 +143,11 @@ def train_editor(
         progress.wall_s,
         out_of_time,
     )
+
+
+def past(limit_s: float | None, since: float) -> bool:
+    """Whether ``limit_s`` seconds (if any) have passed since ``since``."""
+    return limit_s is not None and time.perf_counter() - since >= limit_s
 
 
 #: the curve is redrawn after a validation at most this often (and when the run ends)
