@@ -35,22 +35,23 @@ def test_rome_moves_the_eiffel_tower_to_rome(smol):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def test_rome_on_10_counterfact_cases(smol):
-    """ROME's SmolLM2 preset on real cases (ten: a ROME edit costs about ten seconds of the
-    suite's CPU time; benchmarks/bench_meta.py scores it on the first 50)."""
+def test_rome_on_20_counterfact_cases(smol):
+    """ROME's SmolLM2 preset on real cases: twenty, since ten cannot hold the neighbourhood
+    score to 0.1 (measured: the first ten move it 0.70 -> 0.50, the first twenty 0.60 -> 0.55,
+    the first fifty 0.70 -> 0.62)."""
     model, tok, env = smol
     report = kedit.evaluate(
         model,
         tok,
         "counterfact",
         "rome",
-        limit=10,
+        limit=20,
         env=env,
         metrics=["efficacy_score", "neighborhood_score"],
         progress=False,
     )
     metrics = report.summary["metrics"]
-    assert report.summary["errors"] == 0 and metrics["efficacy_score"]["n"] == 10
+    assert report.summary["errors"] == 0 and metrics["efficacy_score"]["n"] == 20
     assert metrics["efficacy_score"]["post"] >= 0.9
     ns = metrics["neighborhood_score"]
     assert abs(ns["post"] - ns["pre"]) <= 0.1
