@@ -20,7 +20,7 @@ Usage: python benchmarks/bench_meta.py [--methods mend,ke,malmen,serac] [--steps
 3. MALMEN edits the first ``--batch`` cases in one call (``batch:N``), MEMIT the same; scores
    and the seconds of the edit call (and of the whole run with its scoring).
 
-Prints a table and writes ``meta-<device>.json``.
+Prints a line per editor and writes ``meta-<device>.json``.
 """
 
 from __future__ import annotations

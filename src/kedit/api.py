@@ -117,7 +117,10 @@ def train(
     the same run; the editor lands in kedit's cache, where ``edit(..., method=...)`` finds it,
     or in ``out``. ``steps`` and ``val_every`` set ``max_steps`` and ``val_every``; ``limit``
     reads at most that many training examples; ``time_limit_s`` ends this run (validated and
-    checkpointed: calling again continues it) after the step that passes that many seconds."""
+    checkpointed: calling again continues it) after the step, or validation, that passes that
+    many seconds."""
+    if time_limit_s is not None and time_limit_s <= 0:
+        raise ValueError(f"time_limit_s must be positive, got {time_limit_s}")
     env = env if env is not None else Environment()
     overrides = dict(overrides or {})
     if dataset is not None:
@@ -133,8 +136,6 @@ def train(
     data = training_data(
         cfg.train_data, env.data_dir, cfg.val_size, cfg.batch_size, env.seed, limit
     )
-    if time_limit_s is not None and time_limit_s <= 0:
-        raise ValueError(f"time_limit_s must be positive, got {time_limit_s}")
     return train_editor(editor, model, tok, data, env, out, progress, time_limit_s)
 
 

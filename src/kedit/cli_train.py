@@ -35,8 +35,8 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--time-limit",
         type=duration_s,
         metavar="DURATION",
-        help="stop this run after the step that passes DURATION (90m, 1h, 1h30m, or seconds), "
-        "validated and checkpointed: the same command continues it",
+        help="stop this run after the step or validation that passes DURATION (90m, 1h, 1h30m, "
+        "or seconds), validated and checkpointed: the same command continues it",
     )
     train.add_argument("--limit", type=int, help="read at most N training examples")
     train.add_argument("--out", help="editor folder (default: kedit's cache, found automatically)")
@@ -83,9 +83,9 @@ def run_train(args: argparse.Namespace) -> int:
     )
     best = ", ".join(f"{k} {v:.4g}" for k, v in result.best.items())
     resumed = f", resumed at step {result.resumed_from}" if result.resumed_from else ""
-    early = " (stopped early)" if result.stopped_early else ""
-    early += " (time limit reached; the same command continues)" if result.out_of_time else ""
-    print(f"{args.method}: {result.steps} steps{early}{resumed}, {result.wall_s:.0f} s")
+    ended = " (stopped early)" if result.stopped_early else ""
+    ended += " (time limit reached; the same command continues)" if result.out_of_time else ""
+    print(f"{args.method}: {result.steps} steps{ended}{resumed}, {result.wall_s:.0f} s")
     print(f"best validation at step {result.best_step}: {best}")
     print(f"editor: {result.folder} (curve.png beside it)")
     return 0
