@@ -17,8 +17,9 @@ from kedit.methods.deepedit import (
     DeepEditPipeline,
 )
 from kedit.methods.session import EditSession
+from kedit.model.lm import HFLanguageModel
 from kedit.types import EditRequest
-from tests.conftest import assert_same_state, snapshot, tiny_model
+from tests.conftest import assert_same_state, snapshot, tiny_model, train_tokenizer
 from tests.test_mello import ScriptedLM
 from tests.tiny_configs import tiny_config
 
@@ -145,6 +146,41 @@ def test_a_fact_replaces_the_step_it_contradicts_only_when_all_three_judgements_
         fact if corrected else "Jared Kushner is a citizen of United States."
     ]
     assert outcome.answer == ("Canada" if corrected else "Somebody")
+
+
+@pytest.mark.parametrize("one_token", [True, False])
+def test_yes_or_no_from_one_pass_equals_scoring_both_answers(one_token, tokenizer):
+    """Where " yes" and " no" are one token each after ``Answer:`` (byte-level BPE vocabularies
+    such as SmolLM2's) a judgement is one row of one pass; else both answers are scored. Either
+    way it decides as teacher-forced scores of both answers do."""
+    if one_token:  # a toy vocabulary that learned the two words
+        tokenizer = train_tokenizer(bos=False, extra=["Answer: yes. Answer: no."] * 200)
+    lm = HFLanguageModel(tiny_model("llama"), tokenizer)
+    config = DeepEditConfig(shots=0, embedder="lexical")
+    run = DeepEditPipeline(lm, FactMemory([MARRIED], LexicalEmbedder()), "", config)
+    facts = ("Ivanka Trump is married to Tom Hanks.", "Jared Kushner is a citizen of Canada.")
+    steps = ("Ivanka Trump is married to Jared Kushner.", "Apple makes phones.", "Canada is big.")
+    prompts = [
+        f"{head}\n\nSentence A: {fact}\nSentence B: {step}\nAnswer:"
+        for head in (SAME, SHARED, DIFFERENT)
+        for fact in facts
+        for step in steps
+    ]
+    tokens = {run._answer_token(p, a) for p in prompts for a in (" yes", " no")}
+    assert (None not in tokens) is one_token
+    rows = [p for p in prompts for _ in (0, 1)]
+    scores = lm.score_targets(rows, [" yes", " no"] * len(prompts))
+    totals = [sum(s.logprobs) for s in scores]
+    expected = [totals[2 * i] > totals[2 * i + 1] for i in range(len(prompts))]
+    widths = []
+    handle = lm.model.register_forward_hook(
+        lambda _, args, kw, out: widths.append(len(kw["input_ids"])), with_kwargs=True
+    )
+    try:
+        assert run._yes(prompts) == expected
+    finally:
+        handle.remove()
+    assert sum(widths) == (len(prompts) if one_token else len(rows))
 
 
 def test_wrapper_answers_and_scores_after_the_answer_cue(tokenizer):

@@ -94,6 +94,43 @@ def test_next_token_and_greedy_generation(arch, tokenizer):
         assert text == tokenizer.decode(generated, skip_special_tokens=True)
 
 
+@pytest.mark.parametrize("stop_at_eos", [True, False])
+def test_generation_ends_each_row_where_its_text_test_says(stop_at_eos, tokenizer):
+    """``until`` ends a row at the first token after which its text has an end (MeLLo's and
+    DeepEdit's stop strings, in one generation): each text is the shortest prefix of the row's
+    greedy tokens that passes, and the forward passes stop once every row has ended."""
+    model = tiny_model("llama")
+    lm = HFLanguageModel(model, tokenizer)
+    n_new, end = 12, 9
+
+    def until(text: str) -> int | None:
+        return len(text) if len(text) >= end else None
+
+    shortest = []
+    for prompt in PROMPTS:  # greedy by hand, one row at a time
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(DEVICE)
+        generated: list[int] = []
+        text = ""
+        while len(generated) < n_new and until(text) is None:
+            with torch.no_grad():
+                nxt = model(ids).logits[0, -1].argmax()
+            generated.append(int(nxt))
+            ids = torch.cat([ids, nxt.view(1, 1)], -1)
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+        shortest.append((text, len(generated)))
+    assert len({n for _, n in shortest}) > 1, "rows should end at different tokens"
+    assert max(n for _, n in shortest) < n_new
+
+    passes = []
+    handle = model.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        texts = lm.generate(PROMPTS, n_new, stop_at_eos=stop_at_eos, until=until)
+    finally:
+        handle.remove()
+    assert texts == [text for text, _ in shortest]
+    assert len(passes) == max(n for _, n in shortest), "generation goes on only while a row is open"
+
+
 def test_sampled_generation_is_seeded_and_isolated(tokenizer):
     lm = HFLanguageModel(tiny_model("llama"), tokenizer)
     torch.manual_seed(123)

@@ -81,9 +81,18 @@ def generate_until(
     """Greedy continuations of ``prompts``, each ended where ``cut(text)`` first gives a
     position (the text is cut there), by end of text, or after ``max_new_tokens`` tokens.
 
-    Generation runs in chunks of ``chunk_tokens`` (batched over the prompts still open) so that
-    a stop string ends it early; a chunk that comes back empty ends a prompt's generation.
+    A Hugging Face model generates each prompt once, a row ending at the first token after which
+    ``cut`` finds its end (:meth:`HFLanguageModel.generate`'s ``until``). Any other
+    :class:`LanguageModel` (a scripted one) generates in chunks of ``chunk_tokens``, batched over
+    the prompts still open, with a look for the end between chunks; a chunk that comes back
+    empty ends a prompt's generation. The chunks re-encode prompt and text so far each time, so
+    on a real model they cost a prompt's pass per chunk and may tokenise the text differently
+    from the tokens generated: the one-pass path is both faster and the references' (one
+    completion call with a stop string).
     """
+    if isinstance(lm, HFLanguageModel):
+        outs = lm.generate(prompts, max_new_tokens, until=cut)
+        return [text[:where] if (where := cut(text)) is not None else text for text in outs]
     texts = [""] * len(prompts)
     open_rows = list(range(len(prompts)))
     spent = 0

@@ -62,6 +62,7 @@ from kedit.methods._reasoning import (
     generate_until,
 )
 from kedit.model.lm import LanguageModel
+from kedit.model.tokens import encode, encode_prompt_target
 
 PROMPT_FILE = ("mquake", "prompts", "multihop-cot-prompts.txt")
 STEP_END = re.compile(r"\.(?=[ \n])|\n")
@@ -141,7 +142,8 @@ class DeepEditConfig(MethodConfig):
             whose count, starting at 1, reaches 9).
         max_expansions: states expanded per question (None: no bound, the notebook's).
         max_new_tokens: tokens per generation (the notebook's ``max_tokens=256``).
-        chunk_tokens: tokens generated between two looks for a stop string.
+        chunk_tokens: tokens generated between two looks for a stop string, for a model
+            that is not a Hugging Face one (a Hugging Face model stops on the token itself).
         embedder: retrieval encoder, ``minilm`` or ``lexical`` (tests).
     """
 
@@ -280,14 +282,29 @@ class DeepEditPipeline:
         return f"{EXIST}\n\nSentence: {sentence}\nEntity: {entity}\nAnswer:"
 
     def _yes(self, prompts: list[str]) -> list[bool]:
-        """Whether the model finds " yes" likelier than " no" after each prompt."""
+        """Whether the model finds " yes" likelier than " no" after each prompt: from one pass
+        per prompt (its next-token distribution) where each answer is one token after it, as
+        on byte-level BPE vocabularies; else by scoring both answers."""
         if not prompts:
             return []
+        ids = [self._answer_token(p, answer) for p in prompts for answer in (" yes", " no")]
+        if all(i is not None for i in ids):
+            dists = self.lm.next_token_logprobs(prompts)  # (prompts, vocab)
+            return [bool(d[ids[2 * i]] > d[ids[2 * i + 1]]) for i, d in enumerate(dists)]
         scores = self.lm.score_targets(
             [p for p in prompts for _ in (0, 1)], [" yes", " no"] * len(prompts)
         )
         totals = [sum(s.logprobs) for s in scores]
         return [totals[2 * i] > totals[2 * i + 1] for i in range(len(prompts))]
+
+    def _answer_token(self, prompt: str, answer: str) -> int | None:
+        """The one token ``answer`` is after ``prompt``, the prompt's own tokens unchanged;
+        None when it is more, or changes them."""
+        pair = encode_prompt_target(self.lm.tokenizer, prompt, answer)
+        alone = encode(self.lm.tokenizer, prompt).ids
+        if len(pair.target_ids) != 1 or pair.ids[: pair.n_prompt] != alone:
+            return None
+        return pair.target_ids[0]
 
     def _entity(self, before: str, sentence: str) -> str:
         """The entity ``sentence`` adds to ``before`` (the extraction prompt)."""

@@ -81,7 +81,8 @@ class MeLLoConfig(MethodConfig):
         max_hops: generation rounds per question, each ending at a retrieved fact or the final
             answer (the notebook's ``range(4)``).
         max_new_tokens: tokens per round (the notebook's ``max_tokens=256``).
-        chunk_tokens: tokens generated between two looks for a stop string.
+        chunk_tokens: tokens generated between two looks for a stop string, for a model
+            that is not a Hugging Face one (a Hugging Face model stops on the token itself).
         embedder: retrieval encoder, ``minilm`` or ``lexical`` (tests).
         write_edited_answer: apply the self-check (see the module's notes); False: the
             notebook's, where the model writes every intermediate answer.

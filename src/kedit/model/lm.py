@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import (
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from kedit.model.arch import text_config
 from kedit.model.tokens import Batch, PromptTarget, encode, encode_prompt_target, pad, pad_id
@@ -263,9 +268,16 @@ class HFLanguageModel:
         top_k: int | None = None,
         seed: int | None = None,
         stop_at_eos: bool = True,
+        until: Callable[[str], int | None] | None = None,
     ) -> list[str]:
         """Greedy continuations, or top-k samples when ``top_k`` is set (seeded, and isolated
-        from the global random state); special tokens are left out of the text."""
+        from the global random state); special tokens are left out of the text.
+
+        ``until``, given a row's text so far, returns where it ends (a position) or None: a row
+        stops at the first token after which it gives a position, and its text is that of its
+        tokens up to there (the caller cuts it at the position). One generation with a stop
+        test replaces generating in chunks and looking between them, which re-encodes the whole
+        prompt for every chunk."""
         limits = (
             [max_new_tokens] * len(prompts)
             if isinstance(max_new_tokens, int)
@@ -289,12 +301,47 @@ class HFLanguageModel:
                 if seed is not None:
                     torch.manual_seed(seed)
                 inputs = self._generation_inputs(batch, n_new)
-                out = self.model.generate(**inputs, generation_config=config)
+                ends = TextEnds(self.tokenizer, inputs["input_ids"].shape[1], until)
+                stops = StoppingCriteriaList([ends] if until is not None else [])
+                out = self.model.generate(
+                    **inputs, generation_config=config, stopping_criteria=stops
+                )
             new_tokens = out[:, inputs["input_ids"].shape[1] :].cpu()
             for row, i in enumerate(idx):
-                tokens = new_tokens[row, : limits[i]].tolist()
+                tokens = new_tokens[row, : min(limits[i], ends.lengths.get(row, n_new))].tolist()
                 texts[i] = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return texts
+
+
+class TextEnds(StoppingCriteria):
+    """Ends each row of a generation once ``until`` finds an end in the text it has generated
+    (tokens from ``start`` on): stop tests on text, which no token-level rule can express (a
+    line that starts with ``Final answer:`` and has ended). ``lengths[row]`` is how many tokens
+    the row had when it ended; what follows is padding or, without an end-of-sequence rule,
+    text generated while other rows went on."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        start: int,
+        until: Callable[[str], int | None] | None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.start = start
+        self.until = until
+        self.lengths: dict[int, int] = {}
+
+    def __call__(
+        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        new = input_ids[:, self.start :]  # (rows, generated)
+        if self.until is not None:
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            for row, text in enumerate(texts):
+                if row not in self.lengths and self.until(text) is not None:
+                    self.lengths[row] = new.shape[1]
+        ended = [row in self.lengths for row in range(new.shape[0])]
+        return torch.tensor(ended, dtype=torch.bool, device=input_ids.device)  # (rows,)
 
 
 def as_language_model(model: object, tok: PreTrainedTokenizerBase) -> LanguageModel:
