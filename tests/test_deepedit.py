@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kedit.methods._embed import LexicalEmbedder
-from kedit.methods._reasoning import FactMemory, ReasoningLM
+from kedit.methods._reasoning import FactMemory, ReasoningLM, answer_token
 from kedit.methods.deepedit import (
     DIFFERENT,
     ENTITY,
@@ -152,7 +152,8 @@ def test_a_fact_replaces_the_step_it_contradicts_only_when_all_three_judgements_
 def test_yes_or_no_from_one_pass_equals_scoring_both_answers(one_token, tokenizer):
     """Where " yes" and " no" are one token each after ``Answer:`` (byte-level BPE vocabularies
     such as SmolLM2's) a judgement is one row of one pass; else both answers are scored. Either
-    way it decides as teacher-forced scores of both answers do."""
+    way it decides as teacher-forced scores of both answers do, and each prompt head's keys and
+    values are computed once: the passes run only what follows the head."""
     if one_token:  # a toy vocabulary that learned the two words
         tokenizer = train_tokenizer(bos=False, extra=["Answer: yes. Answer: no."] * 200)
     lm = HFLanguageModel(tiny_model("llama"), tokenizer)
@@ -166,21 +167,24 @@ def test_yes_or_no_from_one_pass_equals_scoring_both_answers(one_token, tokenize
         for fact in facts
         for step in steps
     ]
-    tokens = {run._answer_token(p, a) for p in prompts for a in (" yes", " no")}
+    tokens = {answer_token(tokenizer, p, a) for p in prompts for a in (" yes", " no")}
     assert (None not in tokens) is one_token
-    rows = [p for p in prompts for _ in (0, 1)]
-    scores = lm.score_targets(rows, [" yes", " no"] * len(prompts))
+    scores = lm.score_targets([p for p in prompts for _ in (0, 1)], [" yes", " no"] * len(prompts))
     totals = [sum(s.logprobs) for s in scores]
     expected = [totals[2 * i] > totals[2 * i + 1] for i in range(len(prompts))]
-    widths = []
+    assert run._yes(prompts) == expected  # computes the three heads' caches
+    shapes = []
     handle = lm.model.register_forward_hook(
-        lambda _, args, kw, out: widths.append(len(kw["input_ids"])), with_kwargs=True
+        lambda _, args, kw, out: shapes.append(kw["input_ids"].shape), with_kwargs=True
     )
     try:
         assert run._yes(prompts) == expected
     finally:
         handle.remove()
-    assert sum(widths) == (len(prompts) if one_token else len(rows))
+    assert len(shapes) == 3  # one pass per head
+    assert sum(rows for rows, _ in shapes) == (len(prompts) if one_token else 2 * len(prompts))
+    shortest = min(len(tokenizer(p)["input_ids"]) for p in prompts)
+    assert all(width < shortest / 2 for _, width in shapes)  # the heads are not run again
 
 
 def test_wrapper_answers_and_scores_after_the_answer_cue(tokenizer):

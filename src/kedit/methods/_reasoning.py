@@ -36,6 +36,7 @@ from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
 from kedit.model.lm import HFLanguageModel, LanguageModel, TargetScore
 from kedit.model.prefix import PrefixCachedLM
+from kedit.model.tokens import encode, encode_prompt_target
 from kedit.types import EditRequest
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,30 @@ def generate_until(
                 still.append(i)
         open_rows = still
     return texts
+
+
+def answer_token(tok: PreTrainedTokenizerBase, prompt: str, answer: str) -> int | None:
+    """The one token ``answer`` is after ``prompt``, the prompt's own tokens unchanged; None
+    when it is more, or changes them."""
+    pair = encode_prompt_target(tok, prompt, answer)
+    if len(pair.target_ids) != 1 or pair.ids[: pair.n_prompt] != encode(tok, prompt).ids:
+        return None
+    return pair.target_ids[0]
+
+
+def yes_or_no(lm: LanguageModel, prompts: Sequence[str]) -> list[bool]:
+    """Whether ``lm`` finds " yes" likelier than " no" after each prompt: from one pass per
+    prompt (its next-token distribution) where each answer is one token after it, as on
+    byte-level BPE vocabularies; else by teacher-forced scores of both answers."""
+    if not prompts:
+        return []
+    ids = [answer_token(lm.tokenizer, p, answer) for p in prompts for answer in (" yes", " no")]
+    if all(i is not None for i in ids):
+        dists = lm.next_token_logprobs(prompts)  # (prompts, vocab)
+        return [bool(d[ids[2 * r]] > d[ids[2 * r + 1]]) for r, d in enumerate(dists)]
+    scores = lm.score_targets([p for p in prompts for _ in (0, 1)], [" yes", " no"] * len(prompts))
+    totals = [sum(s.logprobs) for s in scores]
+    return [totals[2 * r] > totals[2 * r + 1] for r in range(len(prompts))]
 
 
 class FactMemory:

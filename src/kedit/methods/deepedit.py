@@ -60,9 +60,10 @@ from kedit.methods._reasoning import (
     Outcome,
     ReasoningMethod,
     generate_until,
+    yes_or_no,
 )
-from kedit.model.lm import LanguageModel
-from kedit.model.tokens import encode, encode_prompt_target
+from kedit.model.lm import HFLanguageModel, LanguageModel
+from kedit.model.prefix import PrefixCachedLM
 
 PROMPT_FILE = ("mquake", "prompts", "multihop-cot-prompts.txt")
 STEP_END = re.compile(r"\.(?=[ \n])|\n")
@@ -180,9 +181,17 @@ class _State:
     trace: list[dict[str, Any]] = field(default_factory=list)
 
 
+#: the few-shot heads of the judgement, extraction and rewrite prompts
+HEADS = (EXIST, SAME, SHARED, DIFFERENT, ENTITY, QUERY)
+
+
 class DeepEditPipeline:
     """DeepEdit's search, one question at a time, prompting ``lm`` (any
-    :class:`LanguageModel`)."""
+    :class:`LanguageModel`).
+
+    On a Hugging Face model each prompt head of :data:`HEADS` gets a view that computes its
+    keys and values once (:class:`PrefixCachedLM`): a judgement then runs only its two
+    sentences, about a quarter of its tokens."""
 
     def __init__(
         self, lm: LanguageModel, memory: FactMemory, demos: str, config: DeepEditConfig
@@ -191,6 +200,21 @@ class DeepEditPipeline:
         self.memory = memory
         self.head = f"{demos}\n\nQuestion: " if demos else "Question: "
         self.config = config
+        self.views: dict[str, LanguageModel] = {}
+        if isinstance(lm, HFLanguageModel):
+            self.views = {head: PrefixCachedLM(lm, f"{head}\n\nSentence") for head in HEADS}
+
+    def _model_for(self, prompt: str) -> LanguageModel:
+        """The view whose cached head starts ``prompt``, else the pipeline's model."""
+        return next((v for h, v in self.views.items() if prompt.startswith(h)), self.lm)
+
+    def _by_model(self, prompts: list[str]) -> list[tuple[LanguageModel, list[int]]]:
+        """The prompts' indices grouped by the model (view) that runs them."""
+        groups: dict[int, tuple[LanguageModel, list[int]]] = {}
+        for i, prompt in enumerate(prompts):
+            lm = self._model_for(prompt)
+            groups.setdefault(id(lm), (lm, []))[1].append(i)
+        return list(groups.values())
 
     def __call__(self, questions: list[str]) -> list[Outcome]:
         return [self._search(q) for q in questions]
@@ -282,29 +306,12 @@ class DeepEditPipeline:
         return f"{EXIST}\n\nSentence: {sentence}\nEntity: {entity}\nAnswer:"
 
     def _yes(self, prompts: list[str]) -> list[bool]:
-        """Whether the model finds " yes" likelier than " no" after each prompt: from one pass
-        per prompt (its next-token distribution) where each answer is one token after it, as
-        on byte-level BPE vocabularies; else by scoring both answers."""
-        if not prompts:
-            return []
-        ids = [self._answer_token(p, answer) for p in prompts for answer in (" yes", " no")]
-        if all(i is not None for i in ids):
-            dists = self.lm.next_token_logprobs(prompts)  # (prompts, vocab)
-            return [bool(d[ids[2 * i]] > d[ids[2 * i + 1]]) for i, d in enumerate(dists)]
-        scores = self.lm.score_targets(
-            [p for p in prompts for _ in (0, 1)], [" yes", " no"] * len(prompts)
-        )
-        totals = [sum(s.logprobs) for s in scores]
-        return [totals[2 * i] > totals[2 * i + 1] for i in range(len(prompts))]
-
-    def _answer_token(self, prompt: str, answer: str) -> int | None:
-        """The one token ``answer`` is after ``prompt``, the prompt's own tokens unchanged;
-        None when it is more, or changes them."""
-        pair = encode_prompt_target(self.lm.tokenizer, prompt, answer)
-        alone = encode(self.lm.tokenizer, prompt).ids
-        if len(pair.target_ids) != 1 or pair.ids[: pair.n_prompt] != alone:
-            return None
-        return pair.target_ids[0]
+        """Whether the model finds " yes" likelier than " no" after each prompt."""
+        found: list[bool] = [False] * len(prompts)
+        for lm, rows in self._by_model(prompts):
+            for i, yes in zip(rows, yes_or_no(lm, [prompts[i] for i in rows])):
+                found[i] = yes
+        return found
 
     def _entity(self, before: str, sentence: str) -> str:
         """The entity ``sentence`` adds to ``before`` (the extraction prompt)."""
@@ -319,7 +326,14 @@ class DeepEditPipeline:
 
     def _generate(self, prompts: list[str], cut: Callable[[str], int | None]) -> list[str]:
         cfg = self.config
-        return generate_until(self.lm, prompts, cut, cfg.max_new_tokens, cfg.chunk_tokens)
+        texts = [""] * len(prompts)
+        for lm, rows in self._by_model(prompts):
+            asked = [prompts[i] for i in rows]
+            for i, text in zip(
+                rows, generate_until(lm, asked, cut, cfg.max_new_tokens, cfg.chunk_tokens)
+            ):
+                texts[i] = text
+        return texts
 
     def _outcome(
         self, question: str, state: _State, answer: str | None, log: list[dict[str, Any]]
