@@ -2,16 +2,19 @@
 default model.
 
 Usage: python benchmarks/bench_multihop.py [--cases 50] [--methods mello,deepedit,rome,memit]
-       [--timed 10] [--device cpu] [--out benchmarks/results]
+       [--timed 10] [--store runs/multihop] [--device cpu] [--out benchmarks/results]
 
-1. Scores (``kedit.evaluate``, protocol ``single``: each case's edited facts in one edit call,
-   restored after it) on the first ``--cases`` MQuAKE cases, with the pitfalls suite's MQuAKE
-   measures and their 95% bootstrap intervals, unedited (``pre``) and edited (``post``):
-   multi-hop accuracy (any of the case's three questions answered with the new answer),
-   multi-hop original accuracy (any still answered with the old one), edit-wise success (the
-   edited facts recalled by their cloze statements) and instance accuracy (every hop of the new
-   chain recalled). The questions carry MQuAKE's own few-shot prompt (``mquake``); MeLLo and
-   DeepEdit run their own prompts on the question inside it.
+1. Scores: ``kedit bench`` (protocol ``single``: each case's edited facts in one edit call,
+   restored after it; suite ``pitfalls``, which on MQuAKE is its four measures; no general
+   ability) on the first ``--cases`` MQuAKE cases, into the bench folder ``--store``: one case
+   is stored as it finishes, so a killed run resumes where it stopped when run again (on CPU
+   the 50 cases take hours per reasoning method). Per method, unedited (``pre``) and edited
+   (``post``) with 95% bootstrap intervals: multi-hop accuracy (any of the case's three
+   questions answered with the new answer), multi-hop original accuracy (any still answered with
+   the old one), edit-wise success (the edited facts recalled by their cloze statements) and
+   instance accuracy (every hop of the new chain recalled). The questions carry MQuAKE's own
+   few-shot prompt (``mquake``); MeLLo and DeepEdit run their own prompts on the question
+   inside it. ``--timed 0`` stops here.
 2. Time, on the first ``--timed`` cases: seconds of the edit call per edited fact, and seconds
    per question for the three questions of a case answered in one ``generate`` call (MeLLo's and
    DeepEdit's whole pipelines; for ROME and MEMIT the edited model's greedy answer). Medians.
@@ -40,16 +43,20 @@ MEASURES = (
 ANSWER_TOKENS = 16
 
 
-def scores(report) -> dict:
-    metrics = report.summary["metrics"]
-    return {
-        name: {
-            stage: {"value": metrics[name].get(stage), "ci95": metrics[name].get(f"{stage}_ci")}
+def scores(summary, method: str) -> dict:
+    """The MQuAKE measures of ``method``'s job in a bench summary, pre and post with intervals."""
+    out = {}
+    for name in MEASURES:
+        mean = summary.means.get((f"{method}/single", 1, name))
+        if mean is None:
+            continue
+        entry = mean.entry()
+        out[name] = {
+            stage: {"value": entry.get(stage), "ci95": entry.get(f"{stage}_ci")}
             for stage in ("pre", "post")
         }
-        for name in MEASURES
-        if name in metrics
-    }
+        out[name]["n"] = entry["n"]
+    return out
 
 
 def timings(model, tok, env, name: str, cases) -> dict:
@@ -78,6 +85,9 @@ def timings(model, tok, env, name: str, cases) -> dict:
 
 def main() -> None:
     import kedit
+    from kedit.bench.driver import run_bench
+    from kedit.bench.plan import BenchPlan
+    from kedit.bench.summary import summarize_bench
     from kedit.env import Environment
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -85,6 +95,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=50)
     parser.add_argument("--timed", type=int, default=10)
     parser.add_argument("--methods", default="mello,deepedit,rome,memit")
+    parser.add_argument("--store", default="runs/multihop", help="bench folder (resumable)")
     parser.add_argument("--device")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
@@ -104,37 +115,47 @@ def main() -> None:
         "cases": len(cases),
         "methods": {},
     }
-    for name in args.methods.split(","):
-        start = time.perf_counter()
-        report = kedit.evaluate(
-            model,
-            tok,
-            "mquake",
-            name,
-            protocol="single",
-            limit=args.cases,
-            metrics=list(MEASURES),
-            env=env,
-            progress=False,
-        )
+    methods = args.methods.split(",")
+    plan = BenchPlan(
+        methods=methods,
+        scenarios=["single"],
+        model=args.model,
+        dataset="mquake",
+        limit=args.cases,
+        suite="pitfalls",
+        general=[],
+        device=args.device,
+    )
+    start = time.perf_counter()
+    outcome = run_bench(plan, args.store, model=model, tok=tok, progress=False)
+    result["bench"] = {"store": str(args.store), "wall_s_this_run": time.perf_counter() - start}
+    summary = summarize_bench(args.store)
+    for name in methods:
+        job = f"{name}/single"
+        cost = summary.costs.get(job)
         entry = {
-            "scores": scores(report),
-            "errors": report.summary["errors"],
-            "wall_s": time.perf_counter() - start,
-            "timing": timings(model, tok, env, name, cases[: args.timed]),
+            "status": outcome.status.get(job),
+            "failure": outcome.failures.get(job),
+            "scores": scores(summary, name),
+            "median_edit_s_per_case": cost.median_edit_time_s if cost else None,
+            "median_eval_s_per_case": cost.median_eval_time_s if cost else None,
         }
+        if args.timed:
+            entry["timing"] = timings(model, tok, env, name, cases[: args.timed])
         result["methods"][name] = entry
         shown = "  ".join(
             f"{m.removeprefix('mquake_')} {s['pre']['value']:.2f}->{s['post']['value']:.2f}"
             for m, s in entry["scores"].items()
             if s["post"]["value"] is not None and s["pre"]["value"] is not None
         )
-        t = entry["timing"]
-        print(
-            f"{name:<9} {shown}  {t['median_s_per_edited_fact']:.2f} s/fact  "
-            f"{t['median_s_per_question']:.2f} s/question",
-            flush=True,
+        t = entry.get("timing")
+        timed = (
+            f"  {t['median_s_per_edited_fact']:.2f} s/fact  "
+            f"{t['median_s_per_question']:.2f} s/question"
+            if t
+            else ""
         )
+        print(f"{name:<9} {shown}{timed}", flush=True)
     out = Path(args.out) / f"multihop-{device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
