@@ -29,6 +29,15 @@ from transformers import (
 
 from kedit.env import Environment
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (the suite's ``-n auto``) the cores are shared between the workers:
+    each worker's torch takes its share of the threads, not all of them."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        torch.set_num_threads(max(1, torch.get_num_threads() // int(workers)))
+
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "src" / "kedit" / "data" / "demo_facts.json"
 

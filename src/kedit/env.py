@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -31,6 +32,14 @@ def default_cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "kedit"
+
+
+def private_tmp(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other process or thread uses. Write it whole,
+    then ``os.replace`` it onto ``path`` (atomic): two processes filling the same cache entry
+    at once (two bench workers, two test workers) each write their own file, and readers only
+    ever see a whole one."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def default_data_dir() -> Path | None:

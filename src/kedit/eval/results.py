@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from kedit.env import private_tmp
 from kedit.eval.metric import METRICS
 from kedit.eval.rows import CaseRow, MeasureRow, Unit
 
@@ -153,6 +154,6 @@ class ResultsFolder:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = private_tmp(path)
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)

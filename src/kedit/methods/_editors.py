@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from kedit.env import private_tmp
+
 EDITOR = "editor"
 CHECKPOINT = "checkpoint"
 
@@ -54,7 +56,7 @@ def save_tensors(folder: Path, name: str, tensors: Mapping[str, torch.Tensor], m
     whose JSON names a step has the tensors of that step)."""
     folder.mkdir(parents=True, exist_ok=True)
     weights, info = folder / f"{name}.safetensors", folder / f"{name}.json"
-    tmp_weights, tmp_info = weights.with_suffix(".safetensors.tmp"), info.with_suffix(".json.tmp")
+    tmp_weights, tmp_info = private_tmp(weights), private_tmp(info)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp_weights))
     tmp_info.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
     os.replace(tmp_weights, weights)

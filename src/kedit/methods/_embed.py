@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from kedit.env import Environment
+from kedit.env import Environment, private_tmp
 
 LEXICAL_DIM = 4096
 
@@ -103,7 +103,7 @@ def cached_encode(embedder: Embedder, texts: Sequence[str], cache_dir: Path) -> 
         return load_file(str(path))["vectors"]
     vectors = embedder.encode(texts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = private_tmp(path)
     save_file({"vectors": vectors.contiguous()}, str(tmp))
     tmp.replace(path)
     return vectors

@@ -38,7 +38,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
 from kedit.corpus import load_corpus
-from kedit.env import Environment
+from kedit.env import Environment, private_tmp
 from kedit.model.arch import get_module, weight_out_in
 from kedit.model.hooks import TraceDict, eval_mode, run_until_stopped
 from kedit.model.lm import model_device
@@ -174,7 +174,7 @@ def _cache_file(
 
 def _save(path: Path, mom2: torch.Tensor, meta: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = private_tmp(path)
     save_file({"mom2": mom2.contiguous()}, str(tmp), metadata=meta)
     tmp.replace(path)
 

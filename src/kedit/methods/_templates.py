@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from kedit.env import Environment
+from kedit.env import Environment, private_tmp
 from kedit.model.lm import HFLanguageModel
 from kedit.model.tokens import encode, encode_prompt_target, token_index_of_span
 from kedit.types import SUBJECT_SLOT, EditRequest
@@ -54,7 +54,7 @@ def context_templates(
             for i, (n_tokens, count) in enumerate(spec)
         ]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = private_tmp(path)
         tmp.write_text(json.dumps(groups, indent=1))
         tmp.replace(path)
         log.info("sampled %d context templates", sum(map(len, groups)))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from kedit.env import default_cache_dir
+from kedit.env import default_cache_dir, private_tmp
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,20 @@ def convert_gguf(alias: ModelAlias, cache_dir: Path) -> Path:
         del model.config.quantization_config
     model.hf_quantizer = None
     model.config._name_or_path = f"{alias.hub_id} (GGUF {alias.gguf_file})"
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = private_tmp(folder)  # another process may be converting the same file
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / COMPLETE_MARKER).write_text(alias.gguf_file + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    while not (folder / COMPLETE_MARKER).is_file():
+        try:
+            tmp.rename(folder)  # atomic; fails if the folder exists
+            return folder
+        except OSError:
+            if not folder.exists():  # not a folder in the way: a real failure
+                raise
+            if not (folder / COMPLETE_MARKER).is_file():  # an interrupted conversion's remains
+                shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: keep its copy
     return folder
 
 
