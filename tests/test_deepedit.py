@@ -153,7 +153,7 @@ def test_yes_or_no_from_one_pass_equals_scoring_both_answers(one_token, tokenize
     """Where " yes" and " no" are one token each after ``Answer:`` (byte-level BPE vocabularies
     such as SmolLM2's) a judgement is one row of one pass; else both answers are scored. Either
     way it decides as teacher-forced scores of both answers do, and each prompt head's keys and
-    values are computed once: the passes run only what follows the head."""
+    values are computed once per model, for every edit: the passes run only what follows."""
     if one_token:  # a toy vocabulary that learned the two words
         tokenizer = train_tokenizer(bos=False, extra=["Answer: yes. Answer: no."] * 200)
     lm = HFLanguageModel(tiny_model("llama"), tokenizer)
@@ -173,12 +173,14 @@ def test_yes_or_no_from_one_pass_equals_scoring_both_answers(one_token, tokenize
     totals = [sum(s.logprobs) for s in scores]
     expected = [totals[2 * i] > totals[2 * i + 1] for i in range(len(prompts))]
     assert run._yes(prompts) == expected  # computes the three heads' caches
+    # a later edit's pipeline over the same model (a session) uses the same heads' caches
+    later = DeepEditPipeline(lm, FactMemory([MARRIED, WORKS], LexicalEmbedder()), "", config)
     shapes = []
     handle = lm.model.register_forward_hook(
         lambda _, args, kw, out: shapes.append(kw["input_ids"].shape), with_kwargs=True
     )
     try:
-        assert run._yes(prompts) == expected
+        assert later._yes(prompts) == expected
     finally:
         handle.remove()
     assert len(shapes) == 3  # one pass per head

@@ -50,6 +50,7 @@ Deliberate differences from the notebook:
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,6 +184,11 @@ class _State:
 
 #: the few-shot heads of the judgement, extraction and rewrite prompts
 HEADS = (EXIST, SAME, SHARED, DIFFERENT, ENTITY, QUERY)
+#: each model's views with the heads' keys and values: one set however many edits of a session
+#: prompt the model (each edit's pipeline would otherwise hold its own copies)
+HEAD_VIEWS: weakref.WeakKeyDictionary[HFLanguageModel, dict[str, LanguageModel]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class DeepEditPipeline:
@@ -202,7 +208,9 @@ class DeepEditPipeline:
         self.config = config
         self.views: dict[str, LanguageModel] = {}
         if isinstance(lm, HFLanguageModel):
-            self.views = {head: PrefixCachedLM(lm, f"{head}\n\nSentence") for head in HEADS}
+            if lm not in HEAD_VIEWS:
+                HEAD_VIEWS[lm] = {h: PrefixCachedLM(lm, f"{h}\n\nSentence") for h in HEADS}
+            self.views = HEAD_VIEWS[lm]
 
     def _model_for(self, prompt: str) -> LanguageModel:
         """The view whose cached head starts ``prompt``, else the pipeline's model."""
