@@ -6,7 +6,6 @@ import re
 from collections.abc import Callable, Sequence
 
 import pytest
-import torch
 
 from kedit.env import Environment
 from kedit.methods import METHODS
@@ -40,16 +39,6 @@ class ScriptedLM:
     ):
         self.prompts += prompts
         return [self.reply(p) for p in prompts]
-
-    def next_token_logprobs(self, prompts: Sequence[str]) -> torch.Tensor:
-        """0 for the first word of the reply (after a space), -5 for every other token."""
-        self.scored += prompts
-        out = torch.full((len(prompts), len(self.tokenizer)), -5.0)  # (prompts, vocab)
-        for row, prompt in enumerate(prompts):
-            if said := self.reply(prompt).split():
-                word = f" {said[0]}"
-                out[row, self.tokenizer(word, add_special_tokens=False)["input_ids"][0]] = 0.0
-        return out
 
     def score_targets(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
         self.scored += prompts

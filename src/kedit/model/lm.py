@@ -301,14 +301,17 @@ class HFLanguageModel:
                 if seed is not None:
                     torch.manual_seed(seed)
                 inputs = self._generation_inputs(batch, n_new)
-                ends = TextEnds(self.tokenizer, inputs["input_ids"].shape[1], until)
-                stops = StoppingCriteriaList([ends] if until is not None else [])
+                start = inputs["input_ids"].shape[1]
+                ends = TextEnds(self.tokenizer, start, until) if until is not None else None
                 out = self.model.generate(
-                    **inputs, generation_config=config, stopping_criteria=stops
+                    **inputs,
+                    generation_config=config,
+                    stopping_criteria=StoppingCriteriaList([ends] if ends else []),
                 )
-            new_tokens = out[:, inputs["input_ids"].shape[1] :].cpu()
+            new_tokens = out[:, start:].cpu()
+            ended = ends.lengths if ends else {}
             for row, i in enumerate(idx):
-                tokens = new_tokens[row, : min(limits[i], ends.lengths.get(row, n_new))].tolist()
+                tokens = new_tokens[row, : min(limits[i], ended.get(row, n_new))].tolist()
                 texts[i] = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return texts
 
@@ -321,10 +324,7 @@ class TextEnds(StoppingCriteria):
     text generated while other rows went on."""
 
     def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        start: int,
-        until: Callable[[str], int | None] | None,
+        self, tokenizer: PreTrainedTokenizerBase, start: int, until: Callable[[str], int | None]
     ) -> None:
         self.tokenizer = tokenizer
         self.start = start
@@ -335,11 +335,11 @@ class TextEnds(StoppingCriteria):
         self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
     ) -> torch.Tensor:
         new = input_ids[:, self.start :]  # (rows, generated)
-        if self.until is not None:
-            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-            for row, text in enumerate(texts):
-                if row not in self.lengths and self.until(text) is not None:
-                    self.lengths[row] = new.shape[1]
+        open_rows = [row for row in range(new.shape[0]) if row not in self.lengths]
+        texts = self.tokenizer.batch_decode(new[open_rows], skip_special_tokens=True)
+        for row, text in zip(open_rows, texts):
+            if self.until(text) is not None:
+                self.lengths[row] = new.shape[1]
         ended = [row in self.lengths for row in range(new.shape[0])]
         return torch.tensor(ended, dtype=torch.bool, device=input_ids.device)  # (rows,)
 
