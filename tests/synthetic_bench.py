@@ -6,10 +6,11 @@ reliability p succeeds on the first round(p * n) cases: the cases in order of di
 that two methods' successes are nested and their paired difference is narrow), paraphrase scores
 are pooled with weights 2 and 1, and locality (tenths of flipped neighbours) drops by a chosen
 amount per case. The general pseudo-case stores its task results with per-example samples, as
-``EvalEngine.general_unit`` does: a choice task of ``N_EXAMPLES`` balanced examples whose correct
-ones are the first round(a * n) of a fixed order (nested between the unedited and the edited
-model, so their paired change is narrow), and WikiText perplexity over ``N_TEXTS`` texts whose
-NLLs the edit scales by log(ppl_edited) / log(ppl_unedited), which gives the corpus ratio exactly.
+``kedit.eval.scored.general_ability_unit`` does: a choice task of ``N_EXAMPLES`` balanced
+examples whose correct ones are the first round(a * n) of a fixed order (nested between the
+unedited and the edited model, so their paired change is narrow), and WikiText perplexity over
+``N_TEXTS`` texts whose NLLs the edit scales by log(ppl_edited) / log(ppl_unedited), which gives
+the corpus ratio exactly.
 
 The story: IKE best on single edits and 0.30 worse after 20 sequential edits; ROME's general
 ability degrades (sst2 and rte -0.10 after 10 edits), KN's does not (-0.02 after 20); MEMIT
@@ -179,7 +180,7 @@ def general_results(scores: dict[str, float]) -> dict[str, dict[str, Any]]:
 
 def general_case(k: int, results: dict[str, dict[str, Any]]) -> tuple[dict, list[dict]]:
     """The general pseudo-case's case row (results with samples in its details) and measure
-    rows (post = score, weight = n), as ``EvalEngine.general_unit`` writes them."""
+    rows (post = score, weight = n), as ``kedit.eval.scored.general_ability_unit`` writes them."""
     case = {"case_id": "general", "checkpoint": k, "eval_time_s": 5.0}
     case["details"] = {"general": results}
     rows = [

@@ -17,7 +17,8 @@ import yaml
 from kedit.bench import BenchPlan, BenchStore, run_bench
 from kedit.bench.plan import BASELINE_JOB
 from kedit.bench.store import UnitResult
-from kedit.eval.protocols import Batch, Sequential, Single, parse_protocol, parse_protocols
+from kedit.eval.protocol_text import parse_protocol, parse_protocols
+from kedit.eval.protocols import Batch, Sequential, Single
 from kedit.eval.rows import CaseRow, MeasureRow, Unit
 from tests.conftest import REPO, assert_same_state, data_dir, snapshot, tiny_model
 from tests.tiny_configs import TINY

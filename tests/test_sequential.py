@@ -153,3 +153,86 @@ def test_general_ability_before_editing_and_at_checkpoints(tokenizer, env, tmp_p
     assert again.summary["general"] == measured
     with pytest.raises(KeyError, match="general task"):
         run(model, tokenizer, env, n_edits=1, general=["nope"])
+
+
+def test_checkpoints_score_a_seeded_sample_of_the_cases_edited_so_far():
+    protocol = Sequential.of(10, [2, 6], sample=3)
+    assert protocol.scored_positions(2, 0) == (0, 1)  # no more cases than the sample
+    sixth = protocol.scored_positions(6, 0)
+    assert len(sixth) == 3 and set(sixth) <= set(range(6)) and list(sixth) == sorted(sixth)
+    assert protocol.scored_positions(6, 0) == sixth  # the same on every run and resume
+    draws = {protocol.scored_positions(10, seed) for seed in range(20)}
+    assert len(draws) > 1 and all(len(d) == 3 for d in draws)
+    assert Sequential.of(10, sample=3, score_all_final=True).scored_positions(10, 0) == tuple(
+        range(10)
+    )
+    assert Sequential.of(10, sample=None).scored_positions(10, 0) == tuple(range(10))
+    immediate = Sequential.of(6, batch_size=2, scoring="immediate")
+    assert immediate.scored_positions(4, 0) == (2, 3)
+    with pytest.raises(ValueError, match="at least 1 case"):
+        Sequential.of(4, sample=0)
+    with pytest.raises(ValueError, match="final=all goes with final"):
+        Sequential.of(4, scoring="immediate", score_all_final=True)
+
+
+def test_the_sample_is_part_of_the_text_form():
+    from kedit.eval.protocol_text import parse_protocol, parse_protocols
+
+    default = parse_protocol("sequential:100,1000;batch=100")
+    assert default.sample == 500 and str(default) == "sequential:100,1000;batch=100"
+    text = "sequential:100,1000;batch=100;sample=200;final=all"
+    parsed = parse_protocol(text)
+    assert (parsed.sample, parsed.score_all_final, str(parsed)) == (200, True, text)
+    assert parse_protocol("sequential:10;sample=all").sample is None
+    assert str(parse_protocols("single," + text)[1]) == text
+    for bad, message in [
+        ("sequential:10;sample=0", "at least 1"),
+        ("sequential:10;final=no", "final=all"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_protocol(bad)
+
+
+def test_a_sampled_sequence_scores_only_its_sample_and_keeps_one_weight_copy(
+    tokenizer, env, monkeypatch
+):
+    """Checkpoints past the sample score a seeded sample (and only those cases unedited); the
+    headline is the last checkpoint's rows; restore data stays one copy of the touched weight
+    however many edits (the session folds every edit)."""
+    import kedit.eval.engine as engine
+
+    unedited = []
+
+    def spy(lm, cases, needs, stage, scores, seed):
+        if stage == "pre":
+            unedited.extend(c.case_id for c in cases)
+        return score_probes(lm, cases, needs, stage, scores, seed)
+
+    score_probes = engine.score_probes
+    monkeypatch.setattr(engine, "score_probes", spy)
+    model = tiny_model("llama")
+    before = snapshot(model)
+    protocol = Sequential.of(8, [4], sample=3)
+    report = evaluate(
+        model,
+        tokenizer,
+        cases(8),
+        "rome",
+        protocol=protocol,
+        overrides=TINY["rome"],
+        env=env,
+        progress=False,
+        metrics=["efficacy_score"],
+    )
+    assert_same_state(model, before)
+    rows = [r for r in report.rows if r["case_id"] != "general"]
+    ids = [c.case_id for c in cases(8)]
+    for point in (4, 8):
+        scored = sorted(r["case_id"] for r in rows if r["checkpoint"] == point)
+        assert scored == [ids[i] for i in protocol.scored_positions(point, env.seed)]
+    assert sorted(unedited) == sorted({r["case_id"] for r in rows})
+    summary = report.summary
+    assert summary["metrics"]["efficacy_score"]["n"] == 3 and summary["edits"] == 8
+    assert "a seeded sample of 3" in summary["protocol"]
+    weight = model.get_submodule("model.layers.0.mlp.down_proj").weight
+    assert summary["session_restore_bytes"] == weight.numel() * weight.element_size()

@@ -96,3 +96,65 @@ def test_standalone_edit_as_context_manager(tokenizer, env):
     assert_same_state(model, before)
     edit.restore()  # idempotent
     assert_same_state(model, before)
+
+
+@pytest.mark.parametrize("name", ["rome", "ft-m", "grace", "ike"])
+@pytest.mark.parametrize("window", [0, 1])
+def test_rollback_window_folds_old_edits_and_stays_exact(name, window, tokenizer, env):
+    """Edits that leave the window cannot be rolled back alone, those inside it still roll back
+    bit for bit onto the folded base, and restore() gives back the unedited model."""
+    model = tiny_model("llama")
+    states = [snapshot(model)]
+    session = EditSession(model, tokenizer, env, rollback_window=window)
+    handles = []
+    for request in REQUESTS:
+        handles.append(session.edit(request, name, overrides=TINY[name]))
+        states.append(snapshot(model))
+    assert session.n_edits == 3 and len(session) == window
+    if name == "ike":  # the session's model is the last edit's wrapper, folded or not
+        assert [f.subject for f in session.model.facts] == [r.subject for r in REQUESTS]
+    with pytest.raises(RuntimeError, match="rollback window"):
+        handles[0].restore()
+    with pytest.raises(ValueError, match="rollback window of the last"):
+        session.rollback(window + 1)
+    if window:
+        session.rollback(1)
+        assert_same_state(model, states[2])
+        session.edit(REQUESTS[2], name, overrides=TINY[name])
+        assert_same_state(model, states[3])
+    session.restore()
+    assert_same_state(model, states[0])
+    assert session.n_edits == 0 and session.model is model
+    assert not [m for m in model.modules() if type(m).__name__ == "GraceCodebook"]
+    assert not any(h.active for h in handles)
+
+
+def test_rollback_window_bounds_restore_data(tokenizer, env):
+    """Without a window ROME keeps one weight copy plus factors per edit; with window 0 one
+    copy only, however many edits; with window 1 the base copy and one edit's factors. Folded
+    handles are not kept alive by the session."""
+    import gc
+    import weakref
+
+    model = tiny_model("llama")
+    weight = model.get_submodule("model.layers.0.mlp.down_proj").weight
+    one_copy = weight.numel() * weight.element_size()
+    factors = (weight.shape[0] + weight.shape[1]) * 4
+    for window, expected in [
+        (None, one_copy + 3 * factors),
+        (0, one_copy),
+        (1, 2 * one_copy + factors),
+    ]:
+        session = EditSession(model, tokenizer, env, rollback_window=window)
+        first = weakref.ref(session.edit(REQUESTS[0], "rome", overrides=TINY["rome"]))
+        for request in REQUESTS[1:]:
+            session.edit(request, "rome", overrides=TINY["rome"])
+        assert session.restore_bytes == expected, window
+        gc.collect()
+        assert (first() is None) == (window is not None and window < 3), window
+        session.restore()
+
+
+def test_rollback_window_must_be_a_count(tokenizer, env):
+    with pytest.raises(ValueError, match="rollback_window"):
+        EditSession(tiny_model("llama"), tokenizer, env, rollback_window=-1)

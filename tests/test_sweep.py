@@ -30,8 +30,9 @@ from kedit.bench.sweep import (
 from kedit.bench.tables import headline_table
 from kedit.console import format_bench, format_summary
 from kedit.eval.evaluate import evaluate
-from kedit.eval.protocols import PRE_BATCH, Single, Sweep, order_key, parse_protocol
-from kedit.eval.protocols import parse_protocols as parse_all
+from kedit.eval.protocol_text import order_key, parse_protocol
+from kedit.eval.protocol_text import parse_protocols as parse_all
+from kedit.eval.protocols import PRE_BATCH, Single, Sweep
 from kedit.eval.rows import sweep_unit
 from kedit.methods import METHODS
 from tests.conftest import assert_same_state, snapshot, tiny_model

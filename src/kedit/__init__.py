@@ -21,7 +21,8 @@ from kedit.data import DATASETS, load_dataset
 from kedit.env import Environment
 from kedit.eval.audit import audit
 from kedit.eval.metric import METRICS
-from kedit.eval.protocols import Batch, Protocol, Sequential, Single, parse_protocol
+from kedit.eval.protocol_text import parse_protocol
+from kedit.eval.protocols import Batch, Protocol, Sequential, Single
 from kedit.methods import METHODS, Edit, EditMethod, EditSession
 from kedit.model.arch import ArchSpec, arch_of, register_arch
 from kedit.model.lm import HFLanguageModel, LanguageModel

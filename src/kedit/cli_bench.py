@@ -13,7 +13,7 @@ from kedit.bench.report import write_report
 from kedit.bench.summary import summarize_bench
 from kedit.config import parse_override
 from kedit.console import format_bench
-from kedit.eval.protocols import parse_protocols
+from kedit.eval.protocol_text import parse_protocols
 from kedit.methods import METHODS
 from kedit.model.loading import DEFAULT_MODEL
 

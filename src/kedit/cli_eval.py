@@ -11,7 +11,7 @@ from kedit.cli_common import checked_overrides, environment, load
 from kedit.console import format_report_card, format_summary
 from kedit.eval.audit import audit
 from kedit.eval.metric import SUITES
-from kedit.eval.protocols import Sequential
+from kedit.eval.protocols import CHECKPOINT_SAMPLE, Sequential
 from kedit.types import EditRequest
 
 
@@ -34,7 +34,8 @@ def add_eval_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
     ev.add_argument(
         "--protocol",
-        help="single (default), batch:B, sequential:K1,K2,...[;batch=B][;scoring=immediate], or "
+        help="single (default), batch:B, sequential:K1,K2,...[;batch=B][;scoring=immediate]"
+        "[;sample=S][;final=all], or "
         "sweep:KEY=V1-V2,V3 (e.g. sweep:layer=0-29) (kedit bench's scenarios); --sequential N "
         "and its options are a shorter way to write sequential",
     )
@@ -61,6 +62,16 @@ def add_eval_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         default="final",
         help="with --sequential: score every case after the last edit (final) or "
         "each right after its own edit (immediate)",
+    )
+    ev.add_argument(
+        "--sample",
+        help=f"with --sequential: a checkpoint scores a seeded sample of this many of the cases "
+        f"edited so far (default {CHECKPOINT_SAMPLE}; 'all' scores every one)",
+    )
+    ev.add_argument(
+        "--score-all-final",
+        action="store_true",
+        help="with --sequential: the last checkpoint scores every case, past the sample",
     )
     ev.add_argument(
         "--general",
@@ -132,10 +143,19 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _protocol(args: argparse.Namespace) -> str | Sequential:
     """``--protocol``, or the protocol ``--sequential N`` and its options write."""
-    shorthand = args.checkpoints or args.batch_size != 1 or args.scoring != "final"
+    shorthand = (
+        args.checkpoints
+        or args.batch_size != 1
+        or args.scoring != "final"
+        or args.sample is not None
+        or args.score_all_final
+    )
     if args.sequential is None:
         if shorthand:
-            raise ValueError("--checkpoints, --batch-size and --scoring go with --sequential N")
+            raise ValueError(
+                "--checkpoints, --batch-size, --scoring, --sample and --score-all-final go "
+                "with --sequential N"
+            )
         return args.protocol or "single"
     if args.protocol:
         raise ValueError("give --protocol or --sequential N, not both")
@@ -145,7 +165,16 @@ def _protocol(args: argparse.Namespace) -> str | Sequential:
         raise ValueError(
             f"--checkpoints takes edit counts like 1,10,20, got {args.checkpoints!r}"
         ) from None
-    return Sequential.of(args.sequential, points, args.batch_size, args.scoring)
+    sample: int | None = CHECKPOINT_SAMPLE
+    if args.sample == "all":
+        sample = None
+    elif args.sample is not None:
+        if not args.sample.isdigit() or int(args.sample) < 1:
+            raise ValueError(f"--sample takes a number of cases >= 1 or 'all', got {args.sample!r}")
+        sample = int(args.sample)
+    return Sequential.of(
+        args.sequential, points, args.batch_size, args.scoring, sample, args.score_all_final
+    )
 
 
 def run_audit(args: argparse.Namespace) -> int:

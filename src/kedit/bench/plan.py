@@ -29,7 +29,8 @@ import yaml
 
 from kedit.eval.general import GENERAL_TASKS
 from kedit.eval.metric import SUITES
-from kedit.eval.protocols import GeneralBaseline, Protocol, parse_protocol, parse_protocols
+from kedit.eval.protocol_text import parse_protocol, parse_protocols
+from kedit.eval.protocols import GeneralBaseline, Protocol
 from kedit.methods import METHODS
 
 DEFAULT_GENERAL = ("wikitext", "sst2", "rte", "mmlu")

@@ -28,7 +28,7 @@ from kedit.bench.store import BenchStore
 from kedit.eval.formulas.uncertainty import Estimate
 from kedit.eval.general.task import task_estimate
 from kedit.eval.metric import GENERAL_GROUP
-from kedit.eval.protocols import order_key
+from kedit.eval.protocol_text import order_key
 from kedit.eval.rows import GENERAL_CASE, CaseRow, MeasureRow
 from kedit.eval.summary import Costs, MeasureMean, case_costs, measure_means
 

@@ -35,7 +35,8 @@ import numpy as np
 
 from kedit.bench.summary import BenchSummary, JobInfo
 from kedit.eval.formulas.uncertainty import Estimate, estimate, mean_estimate
-from kedit.eval.protocols import Sweep, parse_protocol
+from kedit.eval.protocol_text import parse_protocol
+from kedit.eval.protocols import Sweep
 from kedit.formatting import format_interval, format_value
 
 #: the measures shown per value, with their 95% intervals

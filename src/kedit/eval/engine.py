@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from kedit.env import Environment
 from kedit.eval.cost import MemoryUse, measure_memory
 from kedit.eval.general import general_ability
-from kedit.eval.metric import GENERAL_GROUP, Metric, needs_of
+from kedit.eval.metric import Metric, needs_of
 from kedit.eval.number_lists import format_ranges
 from kedit.eval.protocols import (
     PRE_BATCH,
@@ -35,10 +35,8 @@ from kedit.eval.protocols import (
     Sweep,
 )
 from kedit.eval.rows import (
-    GENERAL_CASE,
     CaseRow,
     Event,
-    MeasureRow,
     Progress,
     Unit,
     batch_unit,
@@ -46,7 +44,7 @@ from kedit.eval.rows import (
     checkpoint_unit,
     sweep_unit,
 )
-from kedit.eval.scored import edit_cost, requests_of, scored_unit
+from kedit.eval.scored import edit_cost, general_ability_unit, requests_of, scored_unit
 from kedit.eval.scoring import Needs, ProbeResult, score_probes
 from kedit.methods import EditMethod, EditSession
 from kedit.methods._trace import subject_mlp_trace
@@ -299,17 +297,22 @@ class Engine:
         self, protocol: Sequential, method: EditMethod, metrics: list[Metric], shard: Shard
     ) -> Iterator[Event]:
         """Edit the shard's cases one update after another; at each pending scoring point,
-        score the cases edited so far (final) or the update's cases (immediate), and general
-        ability. Updates before a finished point are replayed without scoring."""
+        score the cases edited so far or the protocol's sample of them (final) or the update's
+        cases (immediate), and general ability. Updates before a finished point are replayed
+        without scoring. Only the scored cases are scored unedited, and the session keeps no
+        edit to roll back alone (a rollback window of 0): restore data stays one copy of the
+        touched weights however many edits the sequence makes."""
         cases = self.cases_of(shard.case_ids)
-        scores = self.unedited(cases, metrics)
         points = protocol.scoring_points()
         pending = sorted(k for k, unit in points.items() if unit in shard.units)
         if not pending:
             return
+        scored_at = {k: protocol.scored_positions(k, self.env.seed) for k in pending}
+        needed = sorted(set().union(*scored_at.values()))
+        scores = self.unedited([cases[i] for i in needed], metrics)
         costs: dict[str, dict[str, Any]] = {}
         needs = needs_of(metrics)
-        session = EditSession(self.model, self.tok, self.env)
+        session = EditSession(self.model, self.tok, self.env, rollback_window=0)
         try:
             for start in range(0, pending[-1], protocol.batch_size):
                 batch = cases[start : start + protocol.batch_size]
@@ -321,7 +324,7 @@ class Engine:
                 edited = start + len(batch)
                 if edited not in pending:
                     continue
-                scored = cases[:edited] if protocol.scoring == "final" else batch
+                scored = [cases[i] for i in scored_at[edited]]
                 eval_time = self._score(session.lm, scored, needs, "post", scores)
                 unit = scored_unit(
                     points[edited], edited, scored, costs, eval_time, metrics, scores
@@ -351,26 +354,8 @@ class Engine:
             if tasks
             else {}
         )
-        details: dict[str, Any] = {"general": scores} if scores else {}
-        if session is not None:
-            details["session_restore_bytes"] = session.restore_bytes
-        row = CaseRow(GENERAL_CASE, checkpoint, eval_time_s=time.perf_counter() - t0)
-        row.details = details or None
-        measures = [
-            MeasureRow(
-                GENERAL_CASE,
-                checkpoint,
-                task,
-                GENERAL_GROUP,
-                f"{score['metric']}: {score['protocol']}",
-                score["higher_is_better"],
-                None,
-                score["score"],
-                score["n"],
-            )
-            for task, score in scores.items()
-        ]
-        return Unit(key, [row], measures)
+        restore_bytes = session.restore_bytes if session is not None else None
+        return general_ability_unit(key, checkpoint, scores, t0, restore_bytes)
 
     # -- rows --------------------------------------------------------------------------------------
 

@@ -27,7 +27,8 @@ from kedit.env import Environment
 from kedit.eval.engine import Engine
 from kedit.eval.general import GENERAL_TASKS
 from kedit.eval.metric import Metric
-from kedit.eval.protocols import GeneralBaseline, Protocol, Sequential, Shard, parse_protocol
+from kedit.eval.protocol_text import parse_protocol
+from kedit.eval.protocols import GeneralBaseline, Protocol, Sequential, Shard
 from kedit.eval.provenance import run_info
 from kedit.eval.results import ResultsFolder, rows_of, unit_lines
 from kedit.eval.rows import CaseRow, MeasureRow, Unit

@@ -4,40 +4,45 @@
   has several), scored, and the edit undone;
 * :class:`Batch` (``batch:B``): the cases in groups of B, each group in one update (batch
   methods only), scored, undone;
-* :class:`Sequential` (``sequential:K1,K2,...[;batch=B][;scoring=immediate]``): the first K
-  cases edited one after another (B per update) without undoing. With ``final`` scoring (the
-  default), after K1, K2, ... edits the cases edited so far are scored and general ability is
-  measured: the decay curves. With ``immediate`` scoring (one K), each update's cases are scored
-  right after it (EasyEdit's sequential mode since 2026-06), which measures the edit, not its
-  survival;
+* :class:`Sequential` (``sequential:K1,K2,...[;batch=B][;scoring=immediate][;sample=S]
+  [;final=all]``): the first K cases edited one after another (B per update) without undoing.
+  With ``final`` scoring (the default), after K1, K2, ... edits the cases edited so far are
+  scored and general ability is measured: the decay curves. A checkpoint past S edits (500 by
+  default) scores a seeded sample of S of the cases edited so far, so that checkpoints of a
+  10,000-edit run stay cheap; ``final=all`` scores every case at the last one. With
+  ``immediate`` scoring (one K), each update's cases are scored right after it (EasyEdit's
+  sequential mode since 2026-06), which measures the edit, not its survival;
 * :class:`Sweep` (``sweep:layer=0-3,8``): ``single`` once per value of a config field of the
   method, set on top of its config (ranges inclusive); the rows' checkpoint is the value;
 * :class:`GeneralBaseline` (``general``): the unedited model's general ability, checkpoint 0 of
   every sequential curve.
 
 ``kedit eval``, ``kedit bench`` and the Python API take the same protocol objects, or their text
-form (:func:`parse_protocol`). A protocol plans its work as *units* (what a sink commits at once)
-and *shards* (what one worker runs at once: cases whose unedited scores share one batched pass,
-or a whole sequence). Shards are fixed by position, never by what is finished, so a resumed or
-distributed run scores exactly the batches an uninterrupted one does; a resumed sequence replays
-its edits and scores only its missing units. :meth:`kedit.eval.engine.Engine.run` runs a
-protocol's shard, yielding its units (:mod:`kedit.eval.rows`) as they finish.
+form (:func:`kedit.eval.protocol_text.parse_protocol`). A protocol plans its work as *units*
+(what a sink commits at once) and *shards* (what one worker runs at once: cases whose unedited
+scores share one batched pass, or a whole sequence). Shards are fixed by position, never by
+what is finished, so a resumed or distributed run scores exactly the batches an uninterrupted
+one does; a resumed sequence replays its edits and scores only its missing units.
+:meth:`kedit.eval.engine.Engine.run` runs a protocol's shard, yielding its units
+(:mod:`kedit.eval.rows`) as they finish.
 """
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from kedit.eval.number_lists import format_ranges, parse_counts, parse_ranges
+from kedit.eval.number_lists import format_ranges
 from kedit.eval.rows import batch_unit, case_unit, checkpoint_unit, edit_unit, sweep_unit
 from kedit.methods.base import EditMethod, batch_error
-from kedit.registry import Registry
 
 #: cases whose unedited scores share one batched pass
 PRE_BATCH = 16
+#: cases a sequential checkpoint scores at most, by default (a seeded sample past it)
+CHECKPOINT_SAMPLE = 500
 
 Scoring = Literal["final", "immediate"]
 
@@ -152,11 +157,16 @@ class Batch(Protocol):
 @dataclass(frozen=True)
 class Sequential(Protocol):
     """Edits that accumulate; the cases edited so far scored at ``checkpoints`` (the last is
-    the number of edits), or each update's cases right after it (``scoring="immediate"``)."""
+    the number of edits), or each update's cases right after it (``scoring="immediate"``).
+
+    ``sample``: a checkpoint scores at most this many of the cases edited so far, a seeded
+    sample (None: all of them); ``score_all_final``: the last checkpoint scores every case."""
 
     checkpoints: tuple[int, ...]
     batch_size: int = 1
     scoring: Scoring = "final"
+    sample: int | None = CHECKPOINT_SAMPLE
+    score_all_final: bool = False
     kind: ClassVar[str] = "sequential"
 
     @classmethod
@@ -166,6 +176,8 @@ class Sequential(Protocol):
         checkpoints: Sequence[int] = (),
         batch_size: int = 1,
         scoring: Scoring = "final",
+        sample: int | None = CHECKPOINT_SAMPLE,
+        score_all_final: bool = False,
     ) -> Sequential:
         """``n_edits`` edits, scored at ``checkpoints`` and after the last edit."""
         if n_edits < 1:
@@ -178,7 +190,8 @@ class Sequential(Protocol):
         wrong = [k for k in checkpoints if not 0 < k <= n_edits]
         if wrong:
             raise ValueError(f"checkpoints must lie between 1 and {n_edits} edits, got {wrong}")
-        return cls(tuple(sorted({*checkpoints, n_edits})), batch_size, scoring)
+        points = tuple(sorted({*checkpoints, n_edits}))
+        return cls(points, batch_size, scoring, sample, score_all_final)
 
     def __post_init__(self) -> None:
         points = self.checkpoints
@@ -190,6 +203,10 @@ class Sequential(Protocol):
             raise ValueError(f"scoring is 'final' or 'immediate', got {self.scoring!r}")
         if self.scoring == "immediate" and len(points) > 1:
             raise ValueError("immediate scoring takes the number of edits only, no checkpoints")
+        if self.sample is not None and self.sample < 1:
+            raise ValueError(f"a checkpoint sample must hold at least 1 case, got {self.sample}")
+        if self.scoring == "immediate" and self.score_all_final:
+            raise ValueError("final=all goes with final scoring")
         uneven = [k for k in points[:-1] if k % self.batch_size]
         if uneven:
             raise ValueError(
@@ -207,6 +224,10 @@ class Sequential(Protocol):
             text += f";batch={self.batch_size}"
         if self.scoring != "final":
             text += f";scoring={self.scoring}"
+        if self.sample != CHECKPOINT_SAMPLE:
+            text += f";sample={'all' if self.sample is None else self.sample}"
+        if self.score_all_final:
+            text += ";final=all"
         return text
 
     def describe(self) -> str:
@@ -216,10 +237,11 @@ class Sequential(Protocol):
         if self.scoring == "immediate":
             return f"sequential-immediate: {how}; each case scored right after its own edit"
         points = ", ".join(map(str, self.checkpoints))
-        return (
-            f"sequential-final: {how}; every case scored after the last edit, and the cases "
-            f"edited so far at checkpoints {points}"
-        )
+        scored = "the cases edited so far"
+        if self.sample is not None and self.checkpoints[-1] > self.sample:
+            scored += f" (a seeded sample of {self.sample} where there are more"
+            scored += ", every case at the last)" if self.score_all_final else ")"
+        return f"sequential-final: {how}; {scored} scored at checkpoints {points}"
 
     def cases_needed(self) -> int:
         return self.n_edits
@@ -238,6 +260,19 @@ class Sequential(Protocol):
             return {k: checkpoint_unit(k) for k in self.checkpoints}
         ends = [*range(self.batch_size, self.n_edits, self.batch_size), self.n_edits]
         return {k: edit_unit(k) for k in ends}
+
+    def scored_positions(self, edited: int, seed: int) -> tuple[int, ...]:
+        """Positions (in edit order) of the cases scored after ``edited`` edits: the update's
+        (immediate), or those edited so far, or a sample of ``sample`` of them drawn from one
+        seeded order of all ``n_edits`` cases, so each checkpoint's sample is uniform over its
+        cases and the same on every run and resume."""
+        if self.scoring == "immediate":
+            return tuple(range((edited - 1) // self.batch_size * self.batch_size, edited))
+        everything = self.score_all_final and edited == self.n_edits
+        if self.sample is None or edited <= self.sample or everything:
+            return tuple(range(edited))
+        order = random.Random(f"{seed}:{self.n_edits}").sample(range(self.n_edits), self.n_edits)
+        return tuple(sorted([i for i in order if i < edited][: self.sample]))
 
     def measures_general(self, edits: int) -> bool:
         """General ability is measured at every checkpoint, or after the last edit."""
@@ -300,101 +335,3 @@ class GeneralBaseline(Protocol):
 
     def pieces(self, case_ids: Sequence[str]) -> list[tuple[tuple[str, ...], list[str]]]:
         return [((), [checkpoint_unit(0)])]
-
-
-# -- the text form -----------------------------------------------------------------------------
-
-
-def _parse_single(rest: str) -> Protocol:
-    if rest:
-        raise ValueError("the single protocol takes no size")
-    return Single()
-
-
-def _parse_batch(rest: str) -> Protocol:
-    sizes = parse_counts(rest, "batch:B")
-    if len(sizes) != 1:
-        raise ValueError("write batch:B with one batch size")
-    return Batch(sizes[0])
-
-
-def _parse_sequential(rest: str) -> Protocol:
-    points, *options = rest.split(";")
-    numbers = parse_counts(points, "sequential:K1,K2,...")
-    if not numbers:
-        raise ValueError("write sequential:K1,K2,... (edit counts)")
-    settings: dict[str, str] = {}
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep or key.strip() not in ("batch", "scoring"):
-            raise ValueError(f"unknown sequential option {option!r}: use batch=B or scoring=...")
-        settings[key.strip()] = value.strip()
-    batch = parse_counts(settings.get("batch", "1"), "batch=B")
-    if len(batch) != 1:
-        raise ValueError("write batch=B with one batch size")
-    return Sequential(tuple(sorted(set(numbers))), batch[0], settings.get("scoring", "final"))
-
-
-def _parse_sweep(rest: str) -> Protocol:
-    key, sep, values = rest.partition("=")
-    if not sep or not key.strip():
-        raise ValueError("write sweep:KEY=VALUES, e.g. sweep:layer=0-29 or sweep:layer=0,5,10")
-    return Sweep(key.strip(), parse_ranges(values))
-
-
-#: the protocols a user names, by the first word of their text form
-PROTOCOLS: Registry = Registry("protocol")
-PROTOCOLS.register("single", _parse_single, "each case edited on the unedited model")
-PROTOCOLS.register("batch", _parse_batch, "batch:B: B cases per update")
-PROTOCOLS.register("sequential", _parse_sequential, "sequential:K1,K2[;batch=B][;scoring=...]")
-PROTOCOLS.register("sweep", _parse_sweep, "sweep:KEY=V1-V2,V3: single once per value of KEY")
-
-
-#: the order of protocols in tables
-TABLE_ORDER = ("single", "batch", "sequential", "sweep")
-
-
-def parse_protocol(text: str | Protocol) -> Protocol:
-    """A protocol from its text form (``single``, ``batch:10``, ``sequential:1,10,20``,
-    ``sequential:100,1000;batch=100``, ``sequential:20;scoring=immediate``, ``sweep:layer=0-5``)."""
-    if isinstance(text, Protocol):
-        return text
-    kind, _, rest = text.strip().partition(":")
-    if kind not in PROTOCOLS:
-        raise ValueError(
-            f"unknown protocol {text!r}: use single, batch:B, sequential:K1,K2,... or sweep:KEY=V"
-        )
-    try:
-        return PROTOCOLS[kind](rest.strip())
-    except ValueError as err:
-        raise ValueError(f"protocol {text!r}: {err}") from None
-
-
-def parse_protocols(text: str) -> list[Protocol]:
-    """``single,batch:10,sequential:1,10,20`` -> protocols (numbers after a ``kind:`` belong to
-    it until the next kind)."""
-    parts: list[str] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        if part[0].isdigit() and parts:
-            parts[-1] += "," + part
-        else:
-            parts.append(part)
-    return [parse_protocol(p) for p in parts]
-
-
-def order_key(protocol: Protocol | str) -> tuple[int, tuple[int, ...], str]:
-    """Single first, then batch by size, sequential by checkpoints, sweeps by their values: the
-    order of tables."""
-    try:
-        parsed = parse_protocol(protocol)
-    except ValueError:
-        return (len(TABLE_ORDER), (), str(protocol))
-    sizes = {
-        Batch: lambda p: (p.size,),
-        Sequential: lambda p: p.checkpoints,
-        Sweep: lambda p: p.values,
-    }
-    rank = TABLE_ORDER.index(parsed.kind)
-    return (rank, sizes.get(type(parsed), lambda p: ())(parsed), str(parsed))

@@ -4,13 +4,14 @@ text); :func:`scored_unit` puts them with each case's cost into a unit."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from kedit.eval.cost import MemoryUse
 from kedit.eval.measures.pitfalls import dialogue_details
-from kedit.eval.metric import Metric
-from kedit.eval.rows import CaseRow, MeasureRow, Unit
+from kedit.eval.metric import GENERAL_GROUP, Metric
+from kedit.eval.rows import GENERAL_CASE, CaseRow, MeasureRow, Unit
 from kedit.eval.scoring import ProbeResult
 from kedit.methods.edit import Edit
 from kedit.types import EditCase
@@ -106,3 +107,36 @@ def scored_unit(
         )
         unit.measures += case_measures(case.case_id, checkpoint, results, metrics)
     return unit
+
+
+def general_ability_unit(
+    key: str,
+    checkpoint: int,
+    scores: dict[str, dict[str, Any]],
+    started: float,
+    restore_bytes: int | None = None,
+) -> Unit:
+    """The unit of general ability at ``checkpoint`` (the pseudo-case ``general``): one measure
+    row per task (post = its score, weight = its examples), the tasks' per-example details and
+    the restore data the session held; ``started``: when measuring began
+    (``time.perf_counter``)."""
+    details: dict[str, Any] = {"general": scores} if scores else {}
+    if restore_bytes is not None:
+        details["session_restore_bytes"] = restore_bytes
+    row = CaseRow(GENERAL_CASE, checkpoint, eval_time_s=time.perf_counter() - started)
+    row.details = details or None
+    measures = [
+        MeasureRow(
+            GENERAL_CASE,
+            checkpoint,
+            task,
+            GENERAL_GROUP,
+            f"{score['metric']}: {score['protocol']}",
+            score["higher_is_better"],
+            None,
+            score["score"],
+            score["n"],
+        )
+        for task, score in scores.items()
+    ]
+    return Unit(key, [row], measures)

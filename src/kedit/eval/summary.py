@@ -212,13 +212,20 @@ def summarize_run(
     for row in cases:
         last_point[row.case_id] = max(last_point.get(row.case_id, 0), row.checkpoint)
     final_cases = [r for r in cases if r.checkpoint == last_point[r.case_id]]
+    headline = latest(per_case)
+    if isinstance(protocol, Sequential) and protocol.scoring == "final":
+        # after all edits means the last checkpoint's rows: a case sampled at an earlier
+        # checkpoint only must not stand in with its score from then
+        end = max((r.checkpoint for r in per_case), default=0)
+        headline = [r for r in per_case if r.checkpoint == end]
+        final_cases = [r for r in cases if r.checkpoint == end]
     costs = case_costs(cases)
     summary: dict[str, Any] = {
         "run": run,
         "protocol": protocol.describe(),
         "cases": costs.cases,
         "errors": costs.errors,
-        "metrics": {m.measure: m.entry() for m in _in_group_order(pooled(latest(per_case)))},
+        "metrics": {m.measure: m.entry() for m in _in_group_order(pooled(headline))},
         "skipped": dict(skipped or {}),
         "analyses": dialogue_analyses(r for r in final_cases if r.case_id != GENERAL_CASE),
         **{k: v for k, v in asdict(costs).items() if k.startswith("median_")},
@@ -231,6 +238,7 @@ def summarize_run(
             summary["sweep"] = {"key": protocol.key, "values": dict(by_point)}
         else:
             summary["checkpoints"] = dict(by_point)
+            summary["edits"] = protocol.n_edits
     general = sorted((r for r in cases if r.case_id == GENERAL_CASE), key=lambda r: r.checkpoint)
     scores = {str(r.checkpoint): general_results(r.details) for r in general if _has(r, "general")}
     if scores:
