@@ -187,6 +187,28 @@ def test_sequential_eval_prints_the_decay_table(model_dir, tmp_path, corpus_file
     assert "general ability" in out and "perplexity" in out and "after 3" in out
     assert main(["eval", "--checkpoints", "1,2"]) == 2
     assert "go with --sequential" in capsys.readouterr().err
+    assert main(["eval", "--sample", "5"]) == 2
+    assert "go with --sequential" in capsys.readouterr().err
+    assert main(["eval", "--sequential", "3", "--sample", "none"]) == 2
+    assert "--sample takes a number of cases" in capsys.readouterr().err
+
+
+def test_sample_flags_write_the_protocol():
+    import argparse
+
+    from kedit.cli_eval import _protocol
+
+    def protocol(**given):
+        base = dict(sequential=2000, checkpoints="1000", batch_size=100, scoring="final")
+        base |= dict(sample=None, score_all_final=False, protocol=None)
+        return str(_protocol(argparse.Namespace(**(base | given))))
+
+    assert protocol() == "sequential:1000,2000;batch=100"
+    assert (
+        protocol(sample="50", score_all_final=True)
+        == "sequential:1000,2000;batch=100;sample=50;final=all"
+    )
+    assert protocol(sample="all") == "sequential:1000,2000;batch=100;sample=all"
 
 
 def test_stats_precomputes_the_methods_layers(model_dir, tmp_path, corpus_file, capsys):
