@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/bench_scale.py search [--batch 100] [--alone 10] [--device cpu]
     python benchmarks/bench_scale.py memit [--batch 100] [--batches 10] [--device cpu]
-    python benchmarks/bench_scale.py ultraedit [--batch 100] [--batches 100] [--device cpu]
+    python benchmarks/bench_scale.py ultraedit [--batch 100] [--batches 100] [--window 0|all]
 
 * ``search``: v* for a batch of CounterFact requests (MEMIT's configuration for the model),
   searched together (``optimise_values``) and, for the first ``--alone`` of them, one request
@@ -12,8 +12,10 @@ Usage:
   distance, and whether the steps taken agree).
 * ``memit`` / ``ultraedit``: ``--batches`` calls (UltraEdit's turns) of ``--batch`` facts each
   (CounterFact edit split, in order) applied one after another in one ``EditSession``: editing
-  seconds per batch (median and all), the total, the session's restore data, and the process's
-  peak resident memory.
+  seconds per batch (median and all), the total, the session's restore data (with
+  ``--window 0``, the default, the session folds every edit, as ``kedit eval``'s sequences do;
+  ``--window all`` keeps every turn's factors so that any can be rolled back), and the
+  process's peak resident memory.
 
 Prints a table and writes ``scale-<kind>-<device>.json`` under ``benchmarks/results``.
 """
@@ -58,7 +60,7 @@ def search(model, tok, env, batch: int, alone: int) -> dict:
     }
 
 
-def sequential(model, tok, env, method: str, batch: int, batches: int) -> dict:
+def sequential(model, tok, env, method: str, batch: int, batches: int, window: int | None) -> dict:
     import kedit
     from kedit.methods import make_method
 
@@ -68,7 +70,7 @@ def sequential(model, tok, env, method: str, batch: int, batches: int) -> dict:
     # statistics and templates computed before the clock starts (a batch of two: UltraEdit's
     # first turn needs two target tokens)
     kedit.edit(model, tok, [c.request for c in warm], method=editor, env=env).restore()
-    session = kedit.EditSession(model, tok, env)
+    session = kedit.EditSession(model, tok, env, rollback_window=window)
     seconds = []
     for k in range(batches):
         requests = [c.request for c in cases[k * batch : (k + 1) * batch]]
@@ -87,6 +89,7 @@ def sequential(model, tok, env, method: str, batch: int, batches: int) -> dict:
         "total_seconds": sum(seconds),
         "s_per_edit": sum(seconds) / (batch * batches),
         "restore_mb": restore_mb,
+        "rollback_window": window,
     }
 
 
@@ -96,6 +99,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--alone", type=int, default=10)
     parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument(
+        "--window",
+        default="0",
+        help="the session's rollback window in edits ('all': every edit can be rolled back)",
+    )
     parser.add_argument("--device")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
@@ -110,7 +118,8 @@ def main() -> None:
     if args.kind == "search":
         result = search(model, tok, env, args.batch, args.alone)
     else:
-        result = sequential(model, tok, env, args.kind, args.batch, args.batches)
+        window = None if args.window == "all" else int(args.window)
+        result = sequential(model, tok, env, args.kind, args.batch, args.batches, window)
     device = str(next(model.parameters()).device).split(":")[0]
     result.update(model="smollm2-135m", device=device, threads=torch.get_num_threads())
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
