@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from kedit.config import MethodConfig
 from kedit.methods._embed import Embedder, shared_embedder
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
@@ -135,6 +136,33 @@ def yes_or_no(lm: LanguageModel, prompts: Sequence[str]) -> list[bool]:
     scores = lm.score_targets([p for p in prompts for _ in (0, 1)], [" yes", " no"] * len(prompts))
     totals = [sum(s.logprobs) for s in scores]
     return [totals[2 * r] > totals[2 * r + 1] for r in range(len(prompts))]
+
+
+@dataclass(kw_only=True)
+class ReasoningConfig(MethodConfig):
+    """Settings both pipelines have (each method's config adds its own and says its defaults).
+
+    Args:
+        shots: demonstrations of the method's prompt file kept, in order (None: all; 0: none,
+            and no file is read).
+        max_new_tokens: tokens per generation (the notebooks' ``max_tokens=256``).
+        chunk_tokens: tokens generated between two looks for a stop string, for a model
+            that is not a Hugging Face one (a Hugging Face model stops on the token itself).
+        embedder: retrieval encoder, ``minilm`` or ``lexical`` (tests).
+    """
+
+    shots: int | None = None
+    max_new_tokens: int = 256
+    chunk_tokens: int = 32
+    embedder: str = "minilm"
+
+    def validate(self) -> None:
+        if self.shots is not None and self.shots < 0:
+            raise ValueError("shots must be None (all demonstrations) or a count >= 0")
+        if self.max_new_tokens < 1 or self.chunk_tokens < 1:
+            raise ValueError("max_new_tokens and chunk_tokens must be at least 1")
+        if self.embedder not in ("minilm", "lexical"):
+            raise ValueError(f"embedder must be 'minilm' or 'lexical', got {self.embedder!r}")
 
 
 class FactMemory:

@@ -55,10 +55,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kedit.config import MethodConfig
 from kedit.methods._reasoning import (
     FactMemory,
     Outcome,
+    ReasoningConfig,
     ReasoningMethod,
     generate_until,
     yes_or_no,
@@ -133,41 +133,27 @@ Sentence B after removal: The capital of France is"""
 
 
 @dataclass(kw_only=True)
-class DeepEditConfig(MethodConfig):
-    """DeepEdit settings (defaults: the notebook's).
+class DeepEditConfig(ReasoningConfig):
+    """DeepEdit settings (defaults: the notebook's; ``shots`` count demonstrations of
+    ``multihop-cot-prompts.txt``; the shared ones in :class:`ReasoningConfig`).
 
     Args:
-        shots: demonstrations of ``multihop-cot-prompts.txt`` kept, in order (None: all; 0:
-            none, and no file is read).
         top_k: edited facts retrieved per step (the notebook's ``k=2``).
         max_steps: steps on one branch before it is abandoned (the notebook skips a state
             whose count, starting at 1, reaches 9).
         max_expansions: states expanded per question (None: no bound, the notebook's).
-        max_new_tokens: tokens per generation (the notebook's ``max_tokens=256``).
-        chunk_tokens: tokens generated between two looks for a stop string, for a model
-            that is not a Hugging Face one (a Hugging Face model stops on the token itself).
-        embedder: retrieval encoder, ``minilm`` or ``lexical`` (tests).
     """
 
-    shots: int | None = None
     top_k: int = 2
     max_steps: int = 8
     max_expansions: int | None = 30
-    max_new_tokens: int = 256
-    chunk_tokens: int = 32
-    embedder: str = "minilm"
 
     def validate(self) -> None:
-        if self.shots is not None and self.shots < 0:
-            raise ValueError("shots must be None (all demonstrations) or a count >= 0")
+        super().validate()
         if self.top_k < 1 or self.max_steps < 1:
             raise ValueError("top_k and max_steps must be at least 1")
         if self.max_expansions is not None and self.max_expansions < 1:
             raise ValueError("max_expansions must be None (no bound) or at least 1")
-        if self.max_new_tokens < 1 or self.chunk_tokens < 1:
-            raise ValueError("max_new_tokens and chunk_tokens must be at least 1")
-        if self.embedder not in ("minilm", "lexical"):
-            raise ValueError(f"embedder must be 'minilm' or 'lexical', got {self.embedder!r}")
 
 
 @dataclass

@@ -52,10 +52,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kedit.config import MethodConfig
 from kedit.methods._reasoning import (
     FactMemory,
     Outcome,
+    ReasoningConfig,
     ReasoningMethod,
     generate_until,
 )
@@ -72,38 +72,24 @@ FINAL_LINE = re.compile(rf"(?:^|\n){FINAL}[^\n]*\n")
 
 
 @dataclass(kw_only=True)
-class MeLLoConfig(MethodConfig):
-    """MeLLo settings (defaults: the notebook's).
+class MeLLoConfig(ReasoningConfig):
+    """MeLLo settings (defaults: the notebook's; ``shots`` count demonstrations of
+    ``MeLLo-prompt.txt``; the shared ones in :class:`ReasoningConfig`).
 
     Args:
-        shots: demonstrations of ``MeLLo-prompt.txt`` kept, in order (None: all; 0: none, and no
-            file is read).
         max_hops: generation rounds per question, each ending at a retrieved fact or the final
             answer (the notebook's ``range(4)``).
-        max_new_tokens: tokens per round (the notebook's ``max_tokens=256``).
-        chunk_tokens: tokens generated between two looks for a stop string, for a model
-            that is not a Hugging Face one (a Hugging Face model stops on the token itself).
-        embedder: retrieval encoder, ``minilm`` or ``lexical`` (tests).
         write_edited_answer: apply the self-check (see the module's notes); False: the
             notebook's, where the model writes every intermediate answer.
     """
 
-    shots: int | None = None
     max_hops: int = 4
-    max_new_tokens: int = 256
-    chunk_tokens: int = 32
-    embedder: str = "minilm"
     write_edited_answer: bool = True
 
     def validate(self) -> None:
-        if self.shots is not None and self.shots < 0:
-            raise ValueError("shots must be None (all demonstrations) or a count >= 0")
+        super().validate()
         if self.max_hops < 1:
             raise ValueError("max_hops must be at least 1")
-        if self.max_new_tokens < 1 or self.chunk_tokens < 1:
-            raise ValueError("max_new_tokens and chunk_tokens must be at least 1")
-        if self.embedder not in ("minilm", "lexical"):
-            raise ValueError(f"embedder must be 'minilm' or 'lexical', got {self.embedder!r}")
 
 
 @dataclass
