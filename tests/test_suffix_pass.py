@@ -84,3 +84,39 @@ def test_training_through_the_suffix_pass_equals_training_through_full_passes(
     assert len(trained[0]) == len(trained[1]) > 0
     for a, b in zip(*trained):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_picked_logits_and_target_loss_equal_the_full_pass(arch, tokenizer):
+    """Unembedding only the positions that predict targets gives those positions' logits of a
+    full pass, and the loss from them (mean per row of its targets' cross-entropy, averaged
+    over rows) equals the one computed from every position's logits, gradients included."""
+    from kedit.methods._suffix import TargetPositions, picked_forward
+
+    model = tiny_model(arch)
+    inputs = batch_of(tokenizer)
+    ids = inputs["input_ids"]
+    labels = torch.full_like(ids, -100)
+    labels[0, 3:5] = ids[0, 3:5]  # row 0: two target tokens; row 1: one
+    labels[1, 2] = ids[1, 2]
+    targets = TargetPositions.of(labels)
+    assert targets.rows.tolist() == [0, 0, 1] and targets.cols.tolist() == [2, 3, 1]
+    shift = torch.zeros(model.config.hidden_size, requires_grad=True)
+    path = arch_of(model).path("mlp_out", 1)
+    with Trace(model, path, edit_output=lambda out: out + shift):
+        picked = picked_forward(model, *targets.where)(inputs)
+        loss = targets.loss(picked)
+    (grad,) = torch.autograd.grad(loss, shift)
+    with Trace(model, path, edit_output=lambda out: out + shift):
+        full = model(**inputs, use_cache=False).logits  # (rows, seq, vocab)
+    shifted = labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(
+        full[:, :-1].float().transpose(1, 2), shifted, reduction="none"
+    )
+    counted = (shifted != -100).float()
+    expected = ((ce * counted).sum(1) / counted.sum(1)).mean()  # the per-position formula
+    (expected_grad,) = torch.autograd.grad(expected, shift)
+    assert picked.shape == (3, full.shape[-1])
+    assert torch.allclose(picked, full[targets.rows, targets.cols], atol=1e-5)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert torch.allclose(grad, expected_grad, atol=1e-6)

@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kedit.model.arch import arch_of, get_module
@@ -92,6 +94,55 @@ class SuffixPass:
             return False
         scale = full_logits.detach().float().abs().max().clamp_min(1.0)
         return bool((fast - full_logits.detach().float()).abs().max() <= 1e-4 * scale)
+
+
+@dataclass(frozen=True)
+class TargetPositions:
+    """The positions of right-padded rows that predict a target token (column ``t`` of row
+    ``r`` predicts ``labels[r, t + 1]``), and those tokens."""
+
+    rows: torch.Tensor  # (positions,)
+    cols: torch.Tensor  # (positions,)
+    tokens: torch.Tensor  # (positions,)
+    n_rows: int
+
+    @classmethod
+    def of(cls, labels: torch.Tensor) -> TargetPositions:
+        rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+        return cls(rows, cols, labels[rows, cols + 1], labels.shape[0])
+
+    @property
+    def where(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rows, self.cols
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """Mean per row of its target tokens' cross-entropy, averaged over rows, from the
+        logits at these positions ``(positions, vocab)``."""
+        ce = F.cross_entropy(logits.float(), self.tokens, reduction="none")  # (positions,)
+        total = torch.zeros(self.n_rows, device=ce.device).index_add_(0, self.rows, ce)
+        count = torch.zeros(self.n_rows, device=ce.device).index_add_(
+            0, self.rows, torch.ones_like(ce)
+        )
+        return (total / count).mean()
+
+
+def picked_forward(model: nn.Module, rows: torch.Tensor, cols: torch.Tensor) -> Forward:
+    """A :data:`Forward` whose logits are those at the positions ``(rows[i], cols[i])`` only,
+    ``(positions, vocab)``: the output head unembeds just them (a training loss on target
+    tokens needs no logits elsewhere, and unembedding every position of every row can cost as
+    much as the blocks the step runs)."""
+
+    def pick(_: nn.Module, args: tuple) -> tuple:
+        return (args[0][rows, cols][None].contiguous(), *args[1:])  # (1, positions, d_model)
+
+    def forward(inputs: dict[str, Any]) -> torch.Tensor:
+        handle = model.get_output_embeddings().register_forward_pre_hook(pick)
+        try:
+            return model(**inputs).logits[0]
+        finally:
+            handle.remove()
+
+    return forward
 
 
 def step_logits(

@@ -58,7 +58,7 @@ from transformers.activations import ACT2FN
 from kedit.config import MethodConfig
 from kedit.corpus import load_corpus
 from kedit.methods._routing import RoutedLM
-from kedit.methods._suffix import step_logits
+from kedit.methods._suffix import TargetPositions, picked_forward, step_logits
 from kedit.methods._templates import context_templates, fill, flatten
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
@@ -350,11 +350,13 @@ class WISE(EditMethod):
         optimiser = torch.optim.SGD([side], lr=cfg.edit_lr)
         previous = last = act = math.inf
         alpha, beta, gamma = cfg.act_margin
+        targets = TargetPositions.of(labels[:n_edit])
         with frozen(model), memory.setting(train_weight=side):
-            forward, fast = step_logits(model, batch.model_inputs(), first)  # blocks >= first
+            forward, fast = step_logits(  # blocks >= first, logits where targets are predicted
+                model, batch.model_inputs(), first, picked_forward(model, *targets.where)
+            )
             for _ in range(cfg.n_iter):
-                logits = forward()  # (rows, seq, V)
-                target_loss = _target_loss(logits[:n_edit], labels[:n_edit])
+                target_loss = targets.loss(forward())
                 dist = memory.distance(*memory.outputs, read)  # (rows,)
                 d_edit = dist[:n_edit].view(rows.shape)
                 d_loc = dist[n_edit:, None]  # (requests, 1)
@@ -383,14 +385,6 @@ def activation(model: nn.Module) -> nn.Module:
     if name not in ACT2FN:
         raise ValueError(f"WISE needs the model's hidden activation; its config names {name!r}")
     return ACT2FN[name]
-
-
-def _target_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean per row of the target tokens' cross-entropy, averaged over rows."""
-    shifted = labels[:, 1:]  # position t predicts token t + 1
-    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), shifted, reduction="none")
-    counted = (shifted != -100).float()  # (rows, seq - 1)
-    return ((ce * counted).sum(1) / counted.sum(1)).mean()
 
 
 def _hinge(values: Tensor) -> Tensor:
