@@ -49,7 +49,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
 from kedit.methods._routing import RoutedLM
-from kedit.methods._suffix import step_logits
+from kedit.methods._suffix import picked_forward, step_logits
 from kedit.methods._vecdb import NO_BLOCK, VecDB
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
@@ -307,6 +307,8 @@ class MELO(EditMethod):
         labels = torch.full_like(batch.input_ids, -100)  # (batch, seq): the token predicted
         for row, p in enumerate(pairs):
             labels[row, p.n_prompt - 1 : len(p.ids) - 1] = torch.tensor(p.target_ids)
+        rows, cols = (labels != -100).nonzero(as_tuple=True)
+        tokens = labels[rows, cols]  # (positions,)
         params = [w for pair in key.loras for w in pair]  # the gate gives other ranks 0 grads
         optimiser = torch.optim.Adam(params, lr=cfg.edit_lr)
         scheduler = torch.optim.lr_scheduler.StepLR(optimiser, step_size=20, gamma=0.5)
@@ -315,10 +317,12 @@ class MELO(EditMethod):
             with frozen(model):
                 for p in params:
                     p.requires_grad_(True)
-                forward, fast = step_logits(model, batch.model_inputs(), first)  # blocks >= key's
+                # blocks >= the key's, and logits only where a target token is predicted
+                forward, fast = step_logits(
+                    model, batch.model_inputs(), first, picked_forward(model, rows, cols)
+                )
                 for _ in range(cfg.num_iter):
-                    logits = forward()
-                    step_loss = F.cross_entropy(logits.float().transpose(1, 2), labels)
+                    step_loss = F.cross_entropy(forward().float(), tokens)  # a token mean
                     loss = step_loss.item()
                     optimiser.zero_grad()
                     step_loss.backward()
