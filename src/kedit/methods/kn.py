@@ -62,6 +62,7 @@ from kedit.methods._weights import low_rank_delta
 from kedit.methods.base import EditMethod
 from kedit.methods.edit import Edit
 from kedit.model.arch import arch_of, get_module, num_layers, weight_out_in
+from kedit.model.cached_pass import PrefixCachedPass
 from kedit.model.hooks import Trace, TraceDict, frozen
 from kedit.model.lm import hf_module, model_device, select_logits
 from kedit.model.tokens import encode, encode_prompt_target
@@ -245,27 +246,27 @@ def integrated_gradients(
 ) -> torch.Tensor:
     """``a * mean_k dP(answer | (k/steps) a) / da`` for the input ``a`` of module ``path`` at
     the last token of ``ids``; the ``steps`` scaled copies run as a batch, ``batch_size`` at a
-    time. Returns ``(d_in,)`` in fp32 (or wider if the model is)."""
+    time. The tokens before the last one cannot see the scaled input (causal attention), so
+    their keys and values are computed once and each pass runs the last token alone
+    (:class:`PrefixCachedPass`). Returns ``(d_in,)`` in fp32 (or wider if the model is)."""
     device = model_device(model)
     dtype = torch.promote_types(activation.dtype, torch.float32)
     activation = activation.to(dtype)
     alphas = torch.arange(1, steps + 1, device=device, dtype=dtype) / steps  # (steps,)
     grad_sum = torch.zeros_like(activation)  # (d_in,)
     with frozen(model):
+        prompt = PrefixCachedPass(model, [ids], [len(ids) - 1], ids[0])  # pad: never read
         for chunk in alphas.split(batch_size):
             scaled = (chunk[:, None] * activation).requires_grad_(True)  # (chunk, d_in)
 
             def replace(x: torch.Tensor, scaled: torch.Tensor = scaled) -> torch.Tensor:
-                x = x.clone()  # (chunk, seq, d_in)
+                x = x.clone()  # (chunk, 1, d_in): the last token only
                 x[:, -1] = scaled.to(x.dtype)
                 return x
 
-            inputs = {
-                "input_ids": torch.tensor([ids], device=device).expand(len(chunk), -1),
-                "use_cache": False,
-            }
+            copies = prompt.subset([0] * len(chunk))  # the prefix's cache, once per copy
             with Trace(model, path, edit_input=replace):
-                logits = select_logits(model, inputs, 1)[:, -1]  # (chunk, vocab)
+                logits = copies.logits([0])[:, 0]  # (chunk, vocab)
             prob = torch.softmax(logits.to(dtype), -1)[:, answer]  # (chunk,)
             (grad,) = torch.autograd.grad(prob.sum(), scaled)  # rows are independent
             grad_sum += grad.sum(0)
