@@ -123,6 +123,8 @@ def plot(rows: list[dict], path: Path) -> None:
             if all(ci):
                 ax.fill_between(x, [c[0] for c in ci], [c[1] for c in ci], alpha=0.2)
             ax.set_xscale("log")
+            if name == "perplexity":
+                ax.set_yscale("log")  # a collapse multiplies it
             ax.set_title(name.replace("_", " "))
             ax.set_xlabel("sequential edits")
     axes[0].legend()
