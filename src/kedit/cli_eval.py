@@ -11,6 +11,7 @@ from kedit.cli_common import checked_overrides, environment, load
 from kedit.console import format_report_card, format_summary
 from kedit.eval.audit import audit
 from kedit.eval.metric import SUITES
+from kedit.eval.protocol_text import parse_sample
 from kedit.eval.protocols import CHECKPOINT_SAMPLE, Sequential
 from kedit.types import EditRequest
 
@@ -165,13 +166,7 @@ def _protocol(args: argparse.Namespace) -> str | Sequential:
         raise ValueError(
             f"--checkpoints takes edit counts like 1,10,20, got {args.checkpoints!r}"
         ) from None
-    sample: int | None = CHECKPOINT_SAMPLE
-    if args.sample == "all":
-        sample = None
-    elif args.sample is not None:
-        if not args.sample.isdigit() or int(args.sample) < 1:
-            raise ValueError(f"--sample takes a number of cases >= 1 or 'all', got {args.sample!r}")
-        sample = int(args.sample)
+    sample = CHECKPOINT_SAMPLE if args.sample is None else parse_sample(args.sample, "--sample")
     return Sequential.of(
         args.sequential, points, args.batch_size, args.scoring, sample, args.score_all_final
     )

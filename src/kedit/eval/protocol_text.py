@@ -45,19 +45,24 @@ def _parse_sequential(rest: str) -> Protocol:
     batch = parse_counts(settings.get("batch", "1"), "batch=B")
     if len(batch) != 1:
         raise ValueError("write batch=B with one batch size")
-    sample: int | None = CHECKPOINT_SAMPLE
-    if settings.get("sample") == "all":
-        sample = None
-    elif "sample" in settings:
-        sizes = parse_counts(settings["sample"], "sample=S")
-        if len(sizes) != 1:
-            raise ValueError("write sample=S with one number of cases, or sample=all")
-        sample = sizes[0]
+    sample = (
+        parse_sample(settings["sample"], "sample=S") if "sample" in settings else CHECKPOINT_SAMPLE
+    )
     if settings.get("final", "all") != "all":
         raise ValueError("write final=all to score every case at the last checkpoint")
     points = tuple(sorted(set(numbers)))
     scoring = settings.get("scoring", "final")
     return Sequential(points, batch[0], scoring, sample, "final" in settings)
+
+
+def parse_sample(text: str, option: str) -> int | None:
+    """A sequential checkpoint's sample: a number of cases, or ``all`` (None); ``option`` is
+    how the user wrote it, for the error."""
+    if text.strip() == "all":
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"{option} takes a number of cases (at least 1) or 'all', got {text!r}")
+    return int(text)
 
 
 def _parse_sweep(rest: str) -> Protocol:

@@ -25,6 +25,7 @@ from torch import nn
 
 from kedit.model.arch import arch_of, get_module
 from kedit.model.hooks import Trace
+from kedit.model.lm import position_logits
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,7 @@ class TargetPositions:
         logits at these positions ``(positions, vocab)``."""
         ce = F.cross_entropy(logits.float(), self.tokens, reduction="none")  # (positions,)
         total = torch.zeros(self.n_rows, device=ce.device).index_add_(0, self.rows, ce)
-        count = torch.zeros(self.n_rows, device=ce.device).index_add_(
-            0, self.rows, torch.ones_like(ce)
-        )
-        return (total / count).mean()
+        return (total / torch.bincount(self.rows, minlength=self.n_rows)).mean()
 
 
 def picked_forward(model: nn.Module, rows: torch.Tensor, cols: torch.Tensor) -> Forward:
@@ -132,17 +130,7 @@ def picked_forward(model: nn.Module, rows: torch.Tensor, cols: torch.Tensor) -> 
     tokens needs no logits elsewhere, and unembedding every position of every row can cost as
     much as the blocks the step runs)."""
 
-    def pick(_: nn.Module, args: tuple) -> tuple:
-        return (args[0][rows, cols][None].contiguous(), *args[1:])  # (1, positions, d_model)
-
-    def forward(inputs: dict[str, Any]) -> torch.Tensor:
-        handle = model.get_output_embeddings().register_forward_pre_hook(pick)
-        try:
-            return model(**inputs).logits[0]
-        finally:
-            handle.remove()
-
-    return forward
+    return lambda inputs: position_logits(model, inputs, rows, cols)
 
 
 def step_logits(

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
-from kedit.model.lm import model_device, select_logits
+from kedit.model.lm import model_device, position_logits, select_logits
 from kedit.model.prefix import APPENDING_LAYERS, cache_kwargs, continuation_inputs, prefix_cache
 from kedit.model.tokens import pad
 
@@ -103,17 +103,11 @@ class PrefixCachedPass:
         """Logits at each row's own suffix columns: ``index`` is ``(batch, k)``, the result
         ``(batch, k, vocab)``. The hidden states are picked before the output head, so only
         the wanted positions are unembedded (rows of different prompts want different ones)."""
-        index = index.to(self.device)
-        picks = torch.arange(len(index), device=self.device)[:, None]
-
-        def pick(_: nn.Module, args: tuple) -> tuple:
-            return (args[0][picks, index].contiguous(), *args[1:])  # (batch, k, d_model)
-
-        handle = self.model.get_output_embeddings().register_forward_pre_hook(pick)
-        try:
-            return self.model(**self.inputs, **self._cache_kwargs()).logits
-        finally:
-            handle.remove()
+        index = index.to(self.device)  # (batch, k)
+        rows = torch.arange(len(index), device=self.device)[:, None].expand_as(index)
+        inputs = {**self.inputs, **self._cache_kwargs()}
+        logits = position_logits(self.model, inputs, rows.reshape(-1), index.reshape(-1))
+        return logits.view(*index.shape, -1)
 
     def _cache_kwargs(self) -> dict[str, Any]:
         if self.cache is None:

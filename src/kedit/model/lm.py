@@ -145,6 +145,23 @@ def select_logits(
     return logits[:, -keep:] if isinstance(keep, int) else logits[:, keep]
 
 
+def position_logits(
+    model: nn.Module, inputs: dict[str, Any], rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """Logits at the positions ``(rows[i], cols[i])`` only, ``(positions, vocab)``: the hidden
+    states are picked before the output head, so only those positions are unembedded (rows may
+    want different columns)."""
+
+    def pick(_: nn.Module, args: tuple) -> tuple:
+        return (args[0][rows, cols][None].contiguous(), *args[1:])  # (1, positions, d_model)
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(pick)
+    try:
+        return model(**inputs).logits[0]
+    finally:
+        handle.remove()
+
+
 def last_logits(model: nn.Module, batch: Batch, keep: int) -> torch.Tensor:
     """Logits at the last ``keep`` positions of a left-padded batch, ``(batch, keep, vocab)``."""
     return select_logits(model, {**batch.model_inputs(), "use_cache": False}, keep)
