@@ -1,7 +1,7 @@
 """Decay over thousands of sequential edits: efficacy, paraphrase, neighbourhood, perplexity.
 
 Usage:
-    python benchmarks/bench_decay.py [--runs memit:1000,alphaedit:1000,ultraedit:10000]
+    python benchmarks/bench_decay.py [--runs memit:1000,alphaedit:1000,ultraedit@lr=1e-4:1000]
         [--checkpoints 100,1000,10000] [--batch 100] [--sample 500] [--general-limit N]
         [--store runs/decay] [--device cpu] [--dry-run]
 
@@ -10,13 +10,16 @@ order) in batches of ``--batch`` in one session, and is scored at every checkpoi
 ``kedit eval --protocol "sequential:K1,...,N;batch=B;sample=S" --general wikitext`` (a seeded
 sample of S of the cases edited so far per checkpoint; efficacy, paraphrase and neighbourhood
 scores, each with its 95% bootstrap interval over cases; WikiText-2 perplexity with its
-interval over texts). Each run lives in ``--store/<method>`` and is resumed there, so a killed
-benchmark loses no finished checkpoint.
+interval over texts). A run named ``method@key=value@...`` edits with those settings (``kedit
+eval --set key=value``) and is reported under that name. Each run lives in ``--store/<name>``
+and is resumed there, so a killed benchmark loses no finished checkpoint.
 
 Prints the decay table, draws ``decay-<device>.png`` and writes ``decay-<device>.json`` under
-``benchmarks/results``. A method "collapses" at the first checkpoint where its efficacy interval
-lies wholly below 0.5 (no better than the unedited model's chance of preferring the new target)
-or its perplexity is more than twice the unedited model's.
+``benchmarks/results``; runs already in that file under other names are kept (and drawn), so
+methods run at different times end up in one table. A method "collapses" at the first
+checkpoint where its efficacy interval lies wholly below 0.5 (no better than the unedited
+model's chance of preferring the new target) or its perplexity is more than twice the unedited
+model's.
 """
 
 from __future__ import annotations
@@ -32,20 +35,25 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def parse_runs(text: str) -> dict[str, int]:
+    """``name:edits`` pairs, a name being ``method`` or ``method@key=value@...``."""
     runs = {}
     for part in text.split(","):
-        method, _, edits = part.partition(":")
-        if not edits.isdigit():
-            raise SystemExit(f"--runs takes method:edits pairs, got {part!r}")
-        runs[method.strip()] = int(edits)
+        name, _, edits = part.rpartition(":")
+        settings = name.split("@")[1:]
+        if not edits.isdigit() or not name or any("=" not in s for s in settings):
+            raise SystemExit(f"--runs takes method[@key=value...]:edits pairs, got {part!r}")
+        runs[name.strip()] = int(edits)
     return runs
 
 
-def command(method: str, edits: int, args: argparse.Namespace) -> list[str]:
+def command(name: str, edits: int, args: argparse.Namespace) -> list[str]:
     points = [k for k in args.checkpoints if k < edits] + [edits]
     protocol = f"sequential:{','.join(map(str, points))};batch={args.batch};sample={args.sample}"
-    out = args.store / method
+    out = args.store / name
+    method, *settings = name.split("@")
     cmd = [sys.executable, "-m", "kedit.cli", "eval", "--method", method]
+    for setting in settings:
+        cmd += ["--set", setting]
     cmd += ["--dataset", "counterfact", "--limit", str(edits), "--protocol", protocol]
     cmd += ["--metrics", ",".join(MEASURES), "--general", "wikitext", "--out", str(out), "--quiet"]
     if args.general_limit:
@@ -161,14 +169,19 @@ def main() -> None:
         return
     device = args.device or ("cuda" if _cuda() else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"decay-{device}.json"
+    if path.exists():  # keep the runs of earlier invocations under other names
+        earlier = json.loads(path.read_text())
+        rows = [r for r in earlier["rows"] if r["method"] not in collapses] + rows
+        collapses = {k: v for k, v in earlier["collapse"].items() if k not in collapses} | collapses
     print(table(rows))
     for method, point in collapses.items():
         print(f"{method}: " + (f"collapses by {point:,} edits" if point else "no collapse seen"))
-    (args.out / f"decay-{device}.json").write_text(
+    path.write_text(
         json.dumps({"rows": rows, "collapse": collapses, "sample": args.sample}, indent=1)
     )
     plot(rows, args.out / f"decay-{device}.png")
-    print(f"written to {args.out / f'decay-{device}.json'} and .png")
+    print(f"written to {path} and .png")
 
 
 def _cuda() -> bool:
