@@ -1,0 +1,127 @@
+"""The lifelong-editing table of one or more finished ``kedit bench`` folders: per sequential job
+and checkpoint, reliability, generalization and locality (probability comparison, with their 95%
+bootstrap intervals over the cases), the routing rates of added-parameter methods, each
+general-ability task with its change from the unedited model (paired interval over the
+examples), and the median edit time per edit; then each bench's verdicts on the survey's claims
+that it can decide (the report's findings).
+
+Usage: python benchmarks/lifelong_table.py BENCH_DIR [BENCH_DIR ...] [--json out.json]
+
+The issue-14 lifelong bench (two folders run side by side, one CPU thread each; the same
+identity: model, data, cases, general tasks and sample, seed):
+
+    COMMON="--dataset counterfact --limit 100 --general wikitext,sst2,rte --general-limit 100"
+    kedit bench --out runs/lifelong --methods grace,melo,t-patcher \\
+        --scenarios 'sequential:1,10,50,100' $COMMON
+    kedit bench --out runs/lifelong --methods calinet \\
+        --scenarios 'sequential:10,50,100;batch=10' $COMMON
+    kedit bench --out runs/lifelong-wise --methods wise --scenarios 'sequential:1,10,50,100' $COMMON
+
+Prints markdown; ``--json`` also writes every figure (value, low, high, n) to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from kedit.bench.findings import evaluate_claims
+from kedit.bench.general_change import general_change_estimate
+from kedit.bench.plan import BASELINE_JOB
+from kedit.bench.summary import BenchSummary
+from kedit.bench.verdicts import NOT_RUN
+from kedit.eval.formulas.uncertainty import Estimate
+
+EDIT_MEASURES = ("efficacy_score", "paraphrase_score", "neighborhood_score")
+ROUTING = ("routed_rewrite", "routed_paraphrase", "routed_neighborhood")
+
+
+def figure(est: Estimate | None) -> dict | None:
+    if est is None:
+        return None
+    return {"value": est.value, "low": est.low, "high": est.high, "n": est.n}
+
+
+def fmt(fig: dict | None, digits: int = 2, sign: bool = False) -> str:
+    if fig is None:
+        return "–"
+    spec = f"{'+' if sign else ''}.{digits}f"
+    if abs(fig["high"] - fig["low"]) < 10 ** -(digits + 1):
+        return format(fig["value"], spec)
+    return f"{fig['value']:{spec}} [{fig['low']:{spec}}, {fig['high']:{spec}}]"
+
+
+def job_table(summary: BenchSummary, job_id: str) -> list[dict]:
+    tasks = sorted(summary.baseline_general())
+    cost = summary.costs.get(job_id)
+    rows = []
+    for k in summary.checkpoints(job_id):
+        if k == 0:
+            continue
+        row: dict = {"job": job_id, "edits": k}
+        for m in EDIT_MEASURES + ROUTING:
+            row[m] = figure(summary.estimate(job_id, k, m))
+            row[m + "_unedited"] = figure(summary.estimate(job_id, k, m, "pre"))
+        for task in tasks:
+            row[task] = figure(summary.estimate(job_id, k, task))
+            row[task + "_change"] = figure(general_change_estimate(summary, job_id, k, task))
+        row["s_per_edit"] = cost.median_edit_time_s if cost else None
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], tasks: list[str]) -> str:
+    head = ["job", "edits", "efficacy", "paraphrase", "neighbourhood (unedited)", "routed e/p/n"]
+    head += [f"{t} (change)" for t in tasks] + ["s/edit"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        routed = "/".join("–" if r[m] is None else f"{r[m]['value']:.2f}" for m in ROUTING)
+        cells = [
+            r["job"],
+            str(r["edits"]),
+            fmt(r["efficacy_score"]),
+            fmt(r["paraphrase_score"]),
+            f"{fmt(r['neighborhood_score'])} ({fmt(r['neighborhood_score_unedited'])})",
+            routed,
+        ]
+        for t in tasks:
+            digits = 1 if t == "wikitext" else 3
+            change = fmt(r[t + "_change"], 3, sign=True)
+            cells.append(f"{fmt(r[t], digits)} ({change})")
+        cells.append("–" if r["s_per_edit"] is None else f"{r['s_per_edit']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("benches", nargs="+")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    rows, unedited, tasks, findings = [], {}, [], {}
+    for bench in args.benches:
+        summary = BenchSummary.load(bench)
+        tasks = sorted(summary.baseline_general())
+        unedited.update({t: figure(summary.estimate(BASELINE_JOB, 0, t)) for t in tasks})
+        for job in summary.jobs.values():
+            if job.job_id != BASELINE_JOB and job.scenario.startswith("sequential"):
+                rows.extend(job_table(summary, job.job_id))
+        findings[bench] = [
+            {"claim": f.claim, "verdict": f.verdict, "sentence": f.sentence}
+            for f in evaluate_claims(summary)
+            if f.verdict != NOT_RUN
+        ]
+    print("unedited: " + ", ".join(f"{t} {fmt(unedited[t], 3)}" for t in tasks))
+    print(markdown(rows, tasks))
+    for bench, found in findings.items():
+        print(f"\n{bench}:")
+        for f in found:
+            print(f"- {f['claim']}: **{f['verdict']}**. {f['sentence']}")
+    if args.json:
+        out = {"unedited": unedited, "rows": rows, "findings": findings}
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
