@@ -52,14 +52,14 @@ def fmt(fig: dict | None, digits: int = 2, sign: bool = False) -> str:
     return f"{fig['value']:{spec}} [{fig['low']:{spec}}, {fig['high']:{spec}}]"
 
 
-def job_table(summary: BenchSummary, job_id: str) -> list[dict]:
+def job_table(summary: BenchSummary, job_id: str, bench: str) -> list[dict]:
     tasks = sorted(summary.baseline_general())
     cost = summary.costs.get(job_id)
     rows = []
     for k in summary.checkpoints(job_id):
         if k == 0:
             continue
-        row: dict = {"job": job_id, "edits": k}
+        row: dict = {"bench": bench, "job": job_id, "edits": k}
         for m in EDIT_MEASURES + ROUTING:
             row[m] = figure(summary.estimate(job_id, k, m))
             row[m + "_unedited"] = figure(summary.estimate(job_id, k, m, "pre"))
@@ -72,13 +72,20 @@ def job_table(summary: BenchSummary, job_id: str) -> list[dict]:
 
 
 def markdown(rows: list[dict], tasks: list[str]) -> str:
-    head = ["job", "edits", "efficacy", "paraphrase", "neighbourhood (unedited)", "routed e/p/n"]
+    head = [
+        "bench: job",
+        "edits",
+        "efficacy",
+        "paraphrase",
+        "neighbourhood (unedited)",
+        "routed e/p/n",
+    ]
     head += [f"{t} (change)" for t in tasks] + ["s/edit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         routed = "/".join("–" if r[m] is None else f"{r[m]['value']:.2f}" for m in ROUTING)
         cells = [
-            r["job"],
+            f"{r['bench']}: {r['job']}",
             str(r["edits"]),
             fmt(r["efficacy_score"]),
             fmt(r["paraphrase_score"]),
@@ -106,7 +113,7 @@ def main() -> None:
         unedited.update({t: figure(summary.estimate(BASELINE_JOB, 0, t)) for t in tasks})
         for job in summary.jobs.values():
             if job.job_id != BASELINE_JOB and job.scenario.startswith("sequential"):
-                rows.extend(job_table(summary, job.job_id))
+                rows.extend(job_table(summary, job.job_id, Path(bench).name))
         findings[bench] = [
             {"claim": f.claim, "verdict": f.verdict, "sentence": f.sentence}
             for f in evaluate_claims(summary)
