@@ -66,6 +66,7 @@ def job_table(summary: BenchSummary, job_id: str, bench: str) -> list[dict]:
         for task in tasks:
             row[task] = figure(summary.estimate(job_id, k, task))
             row[task + "_change"] = figure(general_change_estimate(summary, job_id, k, task))
+            row[task + "_change_is_relative"] = task in summary.lower_is_better_tasks()
         row["s_per_edit"] = cost.median_edit_time_s if cost else None
         rows.append(row)
     return rows
@@ -95,6 +96,9 @@ def markdown(rows: list[dict], tasks: list[str]) -> str:
         for t in tasks:
             digits = 1 if t == "wikitext" else 3
             change = fmt(r[t + "_change"], 3, sign=True)
+            if r[t + "_change_is_relative"] and r[t + "_change"] is not None:
+                percent = {k: 100 * v for k, v in r[t + "_change"].items() if k != "n"}
+                change = fmt(percent, 1, sign=True) + "%"
             cells.append(f"{fmt(r[t], digits)} ({change})")
         cells.append("–" if r["s_per_edit"] is None else f"{r['s_per_edit']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
