@@ -50,18 +50,25 @@ def probes_of(cases) -> dict[str, list[tuple[str, str, str]]]:
     return out
 
 
-def distances(model, tok, memory, prompts: list[str]) -> list[float]:
-    """Each prompt's ``D`` between the current side memory and the main memory."""
+def distances(model, tok, memory, prompts: list[str], batch_size: int = 32) -> list[float]:
+    """Each prompt's ``D`` between the current side memory and the main memory, read on the
+    prompt's own tokens (right padding: the real tokens' states are the unpadded ones)."""
+    from kedit.model.tokens import encode, pad, pad_id
+
     captured = {}
     hook = memory.register_forward_pre_hook(lambda m, a: captured.__setitem__("x", a[0]))
-    out = []
+    device = next(model.parameters()).device
+    out: list[float] = []
     try:
         with torch.no_grad():
-            for prompt in prompts:
-                model(**tok(prompt, return_tensors="pt").to(next(model.parameters()).device))
-                x = captured["x"]  # (1, seq, d_in)
+            for start in range(0, len(prompts), batch_size):
+                ids = [encode(tok, p).ids for p in prompts[start : start + batch_size]]
+                batch = pad(ids, pad_id(tok), left=False)
+                model(**{k: v.to(device) for k, v in batch.model_inputs().items()})
+                x = captured["x"]  # (batch, seq, d_in)
                 main, side = memory.layer(x), memory.side_output(x, memory.side)
-                out.append(float(memory.distance(main, side, None)[0]))
+                read = batch.attention_mask.bool().to(device)  # (batch, seq)
+                out += memory.distance(main, side, read).tolist()
     finally:
         hook.remove()
     return out

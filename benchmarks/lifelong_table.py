@@ -7,15 +7,21 @@ that it can decide (the report's findings).
 
 Usage: python benchmarks/lifelong_table.py BENCH_DIR [BENCH_DIR ...] [--json out.json]
 
-The issue-14 lifelong bench (two folders run side by side, one CPU thread each; the same
-identity: model, data, cases, general tasks and sample, seed):
+The issue-14 lifelong bench (three folders run side by side, one CPU thread each, with the
+same identity: model, data, cases, general tasks and sample, seed):
 
-    COMMON="--dataset counterfact --limit 100 --general wikitext,sst2,rte --general-limit 100"
-    kedit bench --out runs/lifelong --methods grace,melo,t-patcher \\
+    COMMON="--dataset counterfact --limit 100 --general wikitext,sst2,rte --general-limit 100 \\
+        --seed 0"
+    kedit bench --out runs/lifelong-a --methods grace,melo,t-patcher \\
         --scenarios 'sequential:1,10,50,100' $COMMON
-    kedit bench --out runs/lifelong --methods calinet \\
+    kedit bench --out runs/lifelong-a --methods calinet \\
         --scenarios 'sequential:10,50,100;batch=10' $COMMON
+    kedit bench --out runs/lifelong-a --methods rome --scenarios 'sequential:1,10,50,100' $COMMON
     kedit bench --out runs/lifelong-wise --methods wise --scenarios 'sequential:1,10,50,100' $COMMON
+    kedit bench --out runs/lifelong-wise-shards --methods wise --set wise.save_freq=10 \\
+        --scenarios 'sequential:1,10,50,100' $COMMON
+    python benchmarks/lifelong_table.py runs/lifelong-a runs/lifelong-wise \\
+        runs/lifelong-wise-shards --json lifelong.json
 
 Prints markdown; ``--json`` also writes every figure (value, low, high, n) to a file.
 """
@@ -32,6 +38,7 @@ from kedit.bench.plan import BASELINE_JOB
 from kedit.bench.summary import BenchSummary
 from kedit.bench.verdicts import NOT_RUN
 from kedit.eval.formulas.uncertainty import Estimate
+from kedit.formatting import MISSING, format_interval, format_relative
 
 EDIT_MEASURES = ("efficacy_score", "paraphrase_score", "neighborhood_score")
 ROUTING = ("routed_rewrite", "routed_paraphrase", "routed_neighborhood")
@@ -43,13 +50,26 @@ def figure(est: Estimate | None) -> dict | None:
     return {"value": est.value, "low": est.low, "high": est.high, "n": est.n}
 
 
-def fmt(fig: dict | None, digits: int = 2, sign: bool = False) -> str:
+def bounds(fig: dict) -> tuple[float, float] | None:
+    """The interval, or None where every unit agreed (an interval of one point)."""
+    return None if fig["high"] - fig["low"] < 1e-9 else (fig["low"], fig["high"])
+
+
+def fmt(fig: dict | None, digits: int = 2) -> str:
     if fig is None:
-        return "–"
-    spec = f"{'+' if sign else ''}.{digits}f"
-    if abs(fig["high"] - fig["low"]) < 10 ** -(digits + 1):
-        return format(fig["value"], spec)
-    return f"{fig['value']:{spec}} [{fig['low']:{spec}}, {fig['high']:{spec}}]"
+        return MISSING
+    return format_interval(fig["value"], bounds(fig), digits)
+
+
+def fmt_change(fig: dict | None, relative: bool) -> str:
+    """A general task's change: relative (perplexity) in percent, else signed."""
+    if fig is None:
+        return MISSING
+    show = format_relative if relative else (lambda v: f"{v:+.3f}")
+    interval = bounds(fig)
+    if interval is None:
+        return show(fig["value"])
+    return f"{show(fig['value'])} [{show(interval[0])}, {show(interval[1])}]"
 
 
 def job_table(summary: BenchSummary, job_id: str, bench: str) -> list[dict]:
@@ -84,7 +104,7 @@ def markdown(rows: list[dict], tasks: list[str]) -> str:
     head += [f"{t} (change)" for t in tasks] + ["s/edit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        routed = "/".join("–" if r[m] is None else f"{r[m]['value']:.2f}" for m in ROUTING)
+        routed = "/".join(MISSING if r[m] is None else f"{r[m]['value']:.2f}" for m in ROUTING)
         cells = [
             f"{r['bench']}: {r['job']}",
             str(r["edits"]),
@@ -94,13 +114,10 @@ def markdown(rows: list[dict], tasks: list[str]) -> str:
             routed,
         ]
         for t in tasks:
-            digits = 1 if t == "wikitext" else 3
-            change = fmt(r[t + "_change"], 3, sign=True)
-            if r[t + "_change_is_relative"] and r[t + "_change"] is not None:
-                percent = {k: 100 * v for k, v in r[t + "_change"].items() if k != "n"}
-                change = fmt(percent, 1, sign=True) + "%"
-            cells.append(f"{fmt(r[t], digits)} ({change})")
-        cells.append("–" if r["s_per_edit"] is None else f"{r['s_per_edit']:.1f}")
+            relative = r[t + "_change_is_relative"]
+            change = fmt_change(r[t + "_change"], relative)
+            cells.append(f"{fmt(r[t], 1 if relative else 3)} ({change})")
+        cells.append(MISSING if r["s_per_edit"] is None else f"{r['s_per_edit']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
