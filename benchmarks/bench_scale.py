@@ -6,10 +6,11 @@ Usage:
     python benchmarks/bench_scale.py ultraedit [--batch 100] [--batches 100] [--window 0|all]
 
 * ``search``: v* for a batch of CounterFact requests (MEMIT's configuration for the model),
-  searched together (``optimise_values``) and, for the first ``--alone`` of them, one request
-  at a time as MEMIT's reference does (``optimise_value`` each): seconds per fact of both in
-  the same run, and how far each batched v* is from its one-at-a-time value (relative L2
-  distance, and whether the steps taken agree).
+  searched together (``optimise_values``); the same search with the blocks below the delta run
+  at every step instead of once (as before stop 28); and, for the first ``--alone`` of them,
+  one request at a time as MEMIT's reference does (``optimise_value`` each): seconds per fact
+  of each in the same run, and how far each batched v* is from its one-at-a-time value
+  (relative L2 distance, and whether the steps taken agree).
 * ``memit`` / ``ultraedit``: ``--batches`` calls (UltraEdit's turns) of ``--batch`` facts each
   (CounterFact edit split, in order) applied one after another in one ``EditSession``: editing
   seconds per batch (median and all), the total, the session's restore data (with
@@ -28,11 +29,13 @@ import resource
 import statistics
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 
 def search(model, tok, env, batch: int, alone: int) -> dict:
     import kedit
-    from kedit.methods import make_method
+    from kedit.methods import _value, make_method
+    from kedit.methods._suffix import HandOn
     from kedit.methods._templates import context_templates, flatten
     from kedit.methods._value import optimise_value, optimise_values
 
@@ -44,6 +47,11 @@ def search(model, tok, env, batch: int, alone: int) -> dict:
     start = time.perf_counter()
     joint = optimise_values(model, tok, requests, templates, paths, cfg.search())
     joint_s = time.perf_counter() - start
+    # the same search running the blocks below the delta at every step (as before stop 28)
+    with patch.object(_value, "HandOn", lambda model, first: HandOn(model, 0)):
+        start = time.perf_counter()
+        every_block = optimise_values(model, tok, requests, templates, paths, cfg.search())
+        every_block_s = time.perf_counter() - start
     start = time.perf_counter()
     one = [optimise_value(model, tok, r, templates, paths, cfg.search()) for r in requests[:alone]]
     alone_s = time.perf_counter() - start
@@ -52,6 +60,12 @@ def search(model, tok, env, batch: int, alone: int) -> dict:
         "batch": batch,
         "alone": alone,
         "batched_s_per_fact": joint_s / batch,
+        "every_block_s_per_fact": every_block_s / batch,
+        "hand_on_speed_up": every_block_s / joint_s,
+        "every_block_max_relative_distance": max(
+            float((e.target - j.target).norm() / e.target.norm())
+            for e, j in zip(every_block, joint)
+        ),
         "alone_s_per_fact": alone_s / alone,
         "speed_up": (alone_s / alone) / (joint_s / batch),
         "max_relative_distance": max(distance),

@@ -167,15 +167,15 @@ def test_the_kl_prompt_is_the_subject_then_is_a(tokenizer, env, monkeypatch):
     real = _value.PrefixCachedPass
 
     def recording(model, ids, split, pad):
-        rows.append((ids[-1], split[-1]))
+        rows.extend(zip(ids, split))
         return real(model, ids, split, pad)
 
     monkeypatch.setattr(_value, "PrefixCachedPass", recording)
     search = ValueSearch(2, 0.5, 0.0, 4.0, 0.0625)
     optimise_value(model, tokenizer, request, ["{}"], MLP["llama"].format(0), search)
-    ((kl_ids, kl_split),) = rows
-    assert kl_ids == encode(tokenizer, "Danielle Darrieux is a").ids
-    assert kl_split == token_index_of_span(tokenizer, "Danielle Darrieux is a", (0, 17))
+    kl_split = token_index_of_span(tokenizer, "Danielle Darrieux is a", (0, 17))
+    # the KL row runs up to the subject's last token, where the term is read
+    assert (encode(tokenizer, "Danielle Darrieux is a").ids[: kl_split + 1], kl_split) in rows
 
 
 def test_pmet_relaxation_restores_the_nll_weight_when_the_target_is_no_longer_top1():

@@ -2,13 +2,18 @@
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from kedit.methods import _value
+from kedit.methods._suffix import HandOn
+from kedit.methods._templates import search_rows
 from kedit.methods._value import ValueSearch, optimise_value, optimise_values
+from kedit.model.arch import get_module, layer_path
 from kedit.model.cached_pass import PrefixCachedPass
-from kedit.model.tokens import encode
+from kedit.model.hooks import frozen
+from kedit.model.tokens import encode, pad
 from kedit.types import EditRequest
-from tests.conftest import tiny_model
+from tests.conftest import DEVICE, TINY_CONFIGS, tiny_model
 
 #: prompts, subjects and targets of different token lengths, so rows pad differently
 REQUESTS = [
@@ -88,3 +93,98 @@ def test_a_subset_of_a_cached_pass_equals_a_pass_of_those_rows(arch, tokenizer):
         assert torch.allclose(got, want, atol=1e-5)
         # row_logits reads each row's own columns: row 0's column 1 is its next suffix token
         assert torch.allclose(got[0], fresh.logits([0, 1])[0], atol=1e-5)
+
+
+def deeper_model(arch: str, blocks: int = 3) -> torch.nn.Module:
+    """A tiny model of ``arch`` with ``blocks`` blocks (the delta can sit above block 0 and
+    below the last, where a random model's gradients are not float noise)."""
+    settings = {**TINY_CONFIGS[arch]().to_dict(), "num_hidden_layers": blocks, "n_layer": blocks}
+    settings.pop("layer_types", None)  # derived from the number of blocks
+    torch.manual_seed(0)
+    config = type(TINY_CONFIGS[arch]()).from_dict(settings)
+    config._attn_implementation = "eager"
+    return AutoModelForCausalLM.from_config(config).to(DEVICE).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
+def test_blocks_below_the_delta_run_once_per_pass_and_change_nothing(arch, tokenizer, monkeypatch):
+    """The blocks below the lowest delta run on the first step only (their output is handed on
+    after it), and every v* equals the one found with full passes at every step."""
+    model = deeper_model(arch)
+    paths = [layer_path(model, "mlp_out", 1), layer_path(model, "attn_out", 2)]
+    search = ValueSearch(5, 0.5, 0.0, 1e4, 0.0625)
+    calls = []
+    model.get_submodule(layer_path(model, "block", 0)).register_forward_hook(
+        lambda *_: calls.append(1)
+    )
+    fast = optimise_values(model, tokenizer, REQUESTS, TEMPLATES, paths, search, 60)
+    fast_calls = len(calls)
+    monkeypatch.setattr(HandOn, "run", lambda self, forward, recorded: (forward(), None))
+    calls.clear()
+    full = optimise_values(model, tokenizer, REQUESTS, TEMPLATES, paths, search, 60)
+    assert_same(full, fast)
+    assert all(j.steps == 4 for j in fast)  # every step ran: five passes of each batch
+    # per batch of rows: one prefix pass, then one pass per step; with blocks handed on, only
+    # the first step's reaches block 0
+    assert len(calls) == 3 * fast_calls
+
+
+def plain_v_star(model, tok, request, templates, path, search):
+    """ROME's ``compute_v`` written plainly: every row whole, right-padded, in one full pass
+    per step (no prefix cache, no handed-on blocks, the KL prompt's every token)."""
+    rows = search_rows(tok, request, templates)
+    batch = pad(rows.ids, 0, left=False)
+    n_rewrite, n_target = len(rows.ids) - 1, len(rows.target_ids)
+    delta = torch.zeros(model.config.hidden_size, requires_grad=True)
+    at = torch.tensor(rows.split)
+    start, kl_start = None, None
+
+    def add(module, args, out):
+        nonlocal start
+        if start is None:
+            start = out[0, at[0]].detach().clone()
+        out = out.clone()
+        out[torch.arange(len(at)), at] += delta
+        return out
+
+    handle = get_module(model, path).register_forward_hook(add)
+    optimiser = torch.optim.Adam([delta], lr=search.lr)
+    with frozen(model):
+        for step in range(search.steps):
+            optimiser.zero_grad()
+            logp = torch.log_softmax(model(**batch.model_inputs()).logits, -1)
+            nll = 0.0
+            for r, ids in enumerate(rows.ids[:-1]):
+                first = len(ids) - n_target  # predicts the target's first token
+                picked = logp[r, first : first + n_target].gather(
+                    1, torch.tensor(rows.target_ids)[:, None]
+                )
+                nll = nll - picked.mean() / n_rewrite
+            now = logp[-1, at[-1]]
+            kl_start = now.detach() if kl_start is None else kl_start
+            kl = search.kl_factor * (now.exp() * (now - kl_start)).sum()
+            loss = nll + kl + search.weight_decay * delta.norm() / start.norm() ** 2
+            if loss < _value.EARLY_STOP_LOSS or step == search.steps - 1:
+                break
+            loss.backward()
+            optimiser.step()
+            with torch.no_grad():
+                radius = search.clamp_norm_factor * start.norm()
+                delta.mul_(min(1.0, float(radius / delta.norm())))
+    handle.remove()
+    return start + delta.detach(), step
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_search_finds_what_a_plain_compute_v_finds(arch, tokenizer):
+    """The batched, prefix-cached search with handed-on blocks and a KL row cut at its subject
+    gives the v* of a plain full-pass loop (the delta in block 1 of 3)."""
+    model = deeper_model(arch)
+    path = layer_path(model, "mlp_out", 1)
+    search = ValueSearch(6, 0.5, 0.5, 4.0, 0.0625)
+    for request in REQUESTS[:2]:
+        want, steps = plain_v_star(model, tokenizer, request, TEMPLATES, path, search)
+        got = optimise_values(model, tokenizer, [request, REQUESTS[3]], TEMPLATES, path, search)
+        assert got[0].steps == steps
+        assert (got[0].target - want).norm() <= TOLERANCE * want.norm()
+        assert (got[0].target - got[0].starts[0]).norm() > 1e-3 * want.norm()  # it moved

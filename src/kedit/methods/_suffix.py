@@ -44,6 +44,30 @@ class _HandOn(nn.Module):
         return self.value if self.value is not None else hidden
 
 
+@contextmanager
+def blocks_handed_on(model: nn.Module, first: int, hidden: torch.Tensor) -> Iterator[None]:
+    """Blocks ``0 .. first-1`` replaced by stand-ins that hand ``hidden`` (block ``first``'s
+    recorded input) on; the blocks are put back afterwards."""
+    layers = get_module(model, arch_of(model).layers)
+    saved = [layers[i] for i in range(first)]
+    try:
+        for i, block in enumerate(saved):
+            layers[i] = _HandOn(block, hidden if i == first - 1 else None)
+        yield
+    finally:
+        for i, block in enumerate(saved):
+            layers[i] = block
+
+
+def block_index(model: nn.Module, path: str) -> int:
+    """The index of the block that the module at ``path`` is (or lies in)."""
+    prefix = f"{arch_of(model).layers}."
+    index = path[len(prefix) :].split(".")[0] if path.startswith(prefix) else ""
+    if not index.isdigit():
+        raise ValueError(f"{path!r} is not inside a block ({prefix}<index>)")
+    return int(index)
+
+
 Forward = Callable[[dict[str, Any]], torch.Tensor]
 
 
@@ -58,43 +82,75 @@ class SuffixPass:
         self.model, self.first = model, first
         self.inputs = {**inputs, "use_cache": False}
         self.forward = forward or (lambda x: model(**x).logits)
-        arch = arch_of(model)
-        self.layers = get_module(model, arch.layers)
-        with Trace(model, arch.path("block", first), retain_input=True) as trace:
+        with Trace(model, arch_of(model).path("block", first), retain_input=True) as trace:
             #: a full pass's logits, recorded on the way (what :meth:`matches` compares with)
             self.full = self.forward(self.inputs)
         self.hidden = trace.input  # (batch, seq, d_model)
-
-    @contextmanager
-    def _blocks_replaced(self) -> Iterator[None]:
-        saved = [self.layers[i] for i in range(self.first)]
-        try:
-            for i, block in enumerate(saved):
-                self.layers[i] = _HandOn(block, self.hidden if i == self.first - 1 else None)
-            yield
-        finally:
-            for i, block in enumerate(saved):
-                self.layers[i] = block
 
     def logits(self) -> torch.Tensor:
         """``(batch, seq, vocab)``, with gradients for what trains in the blocks from ``first``."""
         if self.first == 0:
             return self.forward(self.inputs)
-        with self._blocks_replaced():
+        with blocks_handed_on(self.model, self.first, self.hidden):
             return self.forward(self.inputs)
 
     def matches(self, full_logits: torch.Tensor) -> bool:
         """Whether :meth:`logits` equals ``full_logits`` (a full pass of the same weights) up to
         float noise; False, too, where the model's loop does not take the stand-ins."""
-        try:
-            with torch.no_grad():
-                fast = self.logits().float()
-        except (AttributeError, TypeError, IndexError, ValueError) as err:
-            # a loop that needs more of its blocks: full passes (which raise a real error again)
-            log.debug("suffix pass from block %d not taken: %s", self.first, err)
-            return False
-        scale = full_logits.detach().float().abs().max().clamp_min(1.0)
-        return bool((fast - full_logits.detach().float()).abs().max() <= 1e-4 * scale)
+        return _same_logits(self.logits, full_logits, self.first)
+
+
+class HandOn:
+    """Passes of fixed batches, run again at every step of an optimisation that changes nothing
+    below block ``first`` (the target-value search: its deltas are added in block ``first`` or
+    above). A batch's first run records block ``first``'s input; its later runs hand that on
+    past the blocks below (:func:`blocks_handed_on`), so each costs the blocks from ``first``
+    on. The first handed-on run is checked against the full run it repeats (as
+    :meth:`SuffixPass.matches`); where the model's loop does not take the stand-ins, every run
+    is a full one."""
+
+    def __init__(self, model: nn.Module, first: int) -> None:
+        self.model, self.first = model, first
+        self.enabled, self.checked = first > 0, False
+
+    def run(
+        self, forward: Callable[[], torch.Tensor], recorded: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``forward()``'s result, and what to pass as ``recorded`` on this batch's next run."""
+        if not self.enabled:
+            return forward(), None
+        if recorded is not None:
+            with blocks_handed_on(self.model, self.first, recorded):
+                return forward(), recorded
+        block = arch_of(self.model).path("block", self.first)
+        with Trace(self.model, block, retain_input=True) as trace:
+            out = forward()
+        if not self.checked:
+            self.checked = True
+
+            def handed_on() -> torch.Tensor:
+                with blocks_handed_on(self.model, self.first, trace.input):
+                    return forward()
+
+            self.enabled = _same_logits(handed_on, out, self.first)
+        return out, trace.input if self.enabled else None
+
+
+def _same_logits(fast: Callable[[], torch.Tensor], full: torch.Tensor, first: int) -> bool:
+    """Whether ``fast()`` (a pass with blocks below ``first`` handed on) equals ``full`` up to
+    float noise; False where the model's loop does not take the stand-ins."""
+    try:
+        with torch.no_grad():
+            logits = fast().float()
+    except (AttributeError, TypeError, IndexError, ValueError) as err:
+        # a loop that needs more of its blocks: full passes (which raise a real error again)
+        log.debug("suffix pass from block %d not taken: %s", first, err)
+        return False
+    full = full.detach().float()
+    if logits.shape != full.shape:
+        return False
+    scale = full.abs().max().clamp_min(1.0)
+    return bool((logits - full).abs().max() <= 1e-4 * scale)
 
 
 @dataclass(frozen=True)

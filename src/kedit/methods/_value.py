@@ -10,8 +10,9 @@ rewriting prompt ``<context template> + prompt + target[:-1]`` and of the KL pro
            + weight_decay * ||delta|| / ||v_start||^2
 
 with the delta kept in an L2 ball of radius ``clamp_norm_factor * ||v_start||``. Model weights
-are frozen (no weight gradients are computed) and only the logits that predict target tokens
-are produced.
+are frozen (no weight gradients are computed), only the logits that predict target tokens are
+produced, and the blocks below the delta run once per batch (their output cannot change:
+:class:`~kedit.methods._suffix.HandOn`).
 
 The searches of a batch of requests run together (:func:`optimise_values`): one padded forward
 and backward pass per step over every request still searching, each with its own delta, loss,
@@ -31,6 +32,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
+from kedit.methods._suffix import HandOn, block_index
 from kedit.methods._templates import SearchRows, search_rows
 from kedit.model.arch import get_module, text_config, weight_out_in
 from kedit.model.cached_pass import PrefixCachedPass
@@ -199,13 +201,18 @@ class _RowPass:
         self.owner = torch.tensor([r.request for r in rows], device=device)  # (rows,)
         self.kl = torch.tensor([r.target_ids is None for r in rows], device=device)
         self.first = [k for k, r in enumerate(self.rows) if r.first]
+        self.lower: torch.Tensor | None = None  # the lowest delta's block input, once recorded
 
     def without(self, finished: Sequence[bool]) -> _RowPass | None:
         """This pass for the rows of requests that still search (``None`` if none does)."""
         keep = [k for k, r in enumerate(self.rows) if not finished[r.request]]
         if len(keep) == len(self.rows):
             return self
-        return _RowPass([self.rows[k] for k in keep], self.passes.subset(keep)) if keep else None
+        if not keep:
+            return None
+        out = _RowPass([self.rows[k] for k in keep], self.passes.subset(keep))
+        out.lower = None if self.lower is None else self.lower[keep]
+        return out
 
     def read(self, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per row, from ``logprobs`` ``(rows, width, vocab)``: the target's NLL summed over its
@@ -248,6 +255,7 @@ class _JointSearch:
         self.results: list[ValueResult | None] = [None] * n
         self.running: _RowPass | None = None  # the pass whose rows get their deltas
         self.capture = False  # read v_start on this pass
+        self.hand_on = HandOn(model, min(block_index(model, p) for p in paths))
 
     def run(self) -> list[ValueResult]:
         steps = self.search.steps
@@ -276,8 +284,10 @@ class _JointSearch:
         suffix length share a pass; longer rows join it only while it is too small for their
         padding to matter (a single request's KL row joins its rewriting rows: a pass of its
         own costs more than the padding; measured in ``benchmarks/bench_scale.py``)."""
-        rows = [
-            _Row(i, ids, at, None if k == len(r.ids) - 1 else r.target_ids, k == 0)
+        rows = [  # the KL row is read at its subject's last token, so it ends there
+            _Row(i, ids[: at + 1], at, None, False)
+            if k == len(r.ids) - 1
+            else _Row(i, ids, at, r.target_ids, k == 0)
             for i, r in enumerate(self.requests)
             for k, (ids, at) in enumerate(zip(r.ids, r.split))
         ]
@@ -313,7 +323,9 @@ class _JointSearch:
         """One pass: back-propagate its rows' loss terms; return them per row, detached."""
         self.running, self.capture = rows, step == 0
         try:
-            logits = rows.passes.row_logits(rows.index)  # (rows, width, vocab)
+            logits, rows.lower = self.hand_on.run(  # (rows, width, vocab)
+                lambda: rows.passes.row_logits(rows.index), rows.lower
+            )
         finally:
             self.running, self.capture = None, False
         nll, top1, next_token = rows.read(torch.log_softmax(logits.float(), -1))
