@@ -9,8 +9,9 @@ from kedit.methods._keys import mean_keys, subject_io
 from kedit.methods._stats import second_moments, stats_for, token_cap
 from kedit.methods._templates import context_templates
 from kedit.methods._value import PrefixCachedPass
-from kedit.model.arch import weight_out_in
-from kedit.model.tokens import encode, pad
+from kedit.model.arch import arch_of, weight_out_in
+from kedit.model.hooks import Trace
+from kedit.model.tokens import encode, pad, token_index_of_span
 from kedit.types import EditRequest
 from tests.conftest import DEVICE, tiny_model
 from tests.tiny_configs import TINY
@@ -230,3 +231,23 @@ def test_a_session_swaps_its_unedited_weights_in_only_to_fill_a_cache(tokenizer,
         session.edit(OTHER, "rome", {**TINY["rome"], "layer": 0})
         assert len(swaps) > cold and swaps[-1] == 1  # layer 0's statistics: on the unedited
     assert cold >= 1
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_subject_io_reads_what_a_pass_of_each_whole_text_gives(arch, tokenizer):
+    """Texts of different lengths, the subject first, in the middle and last, two a pass:
+    each text's input and output at its subject's last token, in the texts' order."""
+    model = tiny_model(arch)
+    path = f"{arch_of(model).layers}.1.mlp.{'c_proj' if arch == 'gpt2' else 'down_proj'}"
+    texts = ["Because it rained. Tourists visit the Eiffel Tower at night", "Paris is big"]
+    texts += ["I said that. People in Brazil speak", "The river of Berlin"]
+    subjects = ["the Eiffel Tower", "Paris", "Brazil", "Berlin"]
+    pairs = [(t, (t.index(s), t.index(s) + len(s))) for t, s in zip(texts, subjects)]
+    keys, values = subject_io(model, tokenizer, pairs, path, rows_per_pass=2)
+    for row, (text, span) in enumerate(pairs):
+        ids = torch.tensor([encode(tokenizer, text).ids])
+        at = token_index_of_span(tokenizer, text, span)
+        with torch.no_grad(), Trace(model, path, retain_input=True, retain_output=True) as tr:
+            model(input_ids=ids)
+        assert torch.allclose(keys[row], tr.input[0, at], atol=1e-5)
+        assert torch.allclose(values[row], tr.output[0, at], atol=1e-5)

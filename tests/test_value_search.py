@@ -8,6 +8,7 @@ from kedit.methods import _value
 from kedit.methods._suffix import HandOn
 from kedit.methods._templates import search_rows
 from kedit.methods._value import ValueSearch, optimise_value, optimise_values
+from kedit.model import cached_pass
 from kedit.model.arch import get_module, layer_path
 from kedit.model.cached_pass import PrefixCachedPass
 from kedit.model.hooks import frozen
@@ -188,3 +189,41 @@ def test_the_search_finds_what_a_plain_compute_v_finds(arch, tokenizer):
         assert got[0].steps == steps
         assert (got[0].target - want).norm() <= TOLERANCE * want.norm()
         assert (got[0].target - got[0].starts[0]).norm() > 1e-3 * want.norm()  # it moved
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
+def test_prefixes_computed_in_groups_of_similar_length_give_the_same_pass(
+    arch, tokenizer, monkeypatch
+):
+    """Prefixes of 0 to 21 tokens in groups of at most 16 padded tokens (gemma2's sliding
+    windows: in one pass), then padded to one width: the logits of one whole pass."""
+    model = tiny_model(arch)
+    texts = ["Because it rained. Tourists visit the Eiffel Tower", "Tourists visit Paris"]
+    texts += ["Tower of", "I said that. People in Brazil speak"]
+    rows = [encode(tokenizer, t).ids for t in texts]
+    split = [len(rows[0]) - 2, len(rows[1]) - 1, 0, len(rows[3]) - 3]
+    index = torch.tensor([[0, 1], [0, 0], [0, 1], [1, 2]])
+    with torch.no_grad():
+        whole = PrefixCachedPass(model, rows, split, 0).row_logits(index)
+        monkeypatch.setattr(cached_pass, "PREFIX_PASS_TOKENS", {"cpu": 16, "cuda": 16})
+        calls = []
+        real = cached_pass.prefix_cache
+        monkeypatch.setattr(cached_pass, "prefix_cache", lambda *a: calls.append(1) or real(*a))
+        grouped = PrefixCachedPass(model, rows, split, 0)
+        assert torch.allclose(grouped.row_logits(index), whole, atol=1e-5)
+        part = grouped.subset([3, 0]).row_logits(index[[3, 0]])
+        assert torch.allclose(part, whole[[3, 0]], atol=1e-5)
+    # prefixes of 0, 7, 12 and 21 tokens: groups of 2, 1 and 1 rows; gemma2's first group
+    # shows sliding windows, then all are computed in one pass
+    assert len(calls) == (2 if arch == "gemma2" else 3)
+
+
+def test_a_search_with_grouped_prefixes_finds_the_plain_v_star(tokenizer, monkeypatch):
+    monkeypatch.setattr(cached_pass, "PREFIX_PASS_TOKENS", {"cpu": 12, "cuda": 12})
+    model = deeper_model("llama")
+    path = layer_path(model, "mlp_out", 1)
+    search = ValueSearch(6, 0.5, 0.5, 4.0, 0.0625)
+    want, steps = plain_v_star(model, tokenizer, REQUESTS[1], TEMPLATES, path, search)
+    got = optimise_values(model, tokenizer, REQUESTS, TEMPLATES, path, search)[1]
+    assert got.steps == steps
+    assert (got.target - want).norm() <= TOLERANCE * want.norm()

@@ -28,22 +28,29 @@ def subject_io(
 
     ``texts`` are (text, subject character span) pairs. Returns ``(n, d_in)`` (None when
     ``inputs`` is False, e.g. for a whole block) and ``(n, d_out)`` float32 tensors, from
-    batched passes that stop right after the module.
+    batched passes that stop right after the module. Each text runs up to its subject's last
+    token only (what follows cannot change it), in passes of texts of similar length.
     """
-    keys, values = [], []
-    for start in range(0, len(texts), rows_per_pass):
-        chunk = texts[start : start + rows_per_pass]
-        ids = [encode(tok, text).ids for text, _ in chunk]
-        lookup = [token_index_of_span(tok, text, span) for text, span in chunk]
-        batch = pad(ids, pad_id(tok), left=False).to(model_device(model))
+    lookup = [token_index_of_span(tok, text, span) for text, span in texts]
+    ids = [encode(tok, text).ids[: at + 1] for (text, _), at in zip(texts, lookup)]
+    order = sorted(range(len(ids)), key=lambda r: len(ids[r]))
+    keys = torch.zeros(0)
+    values = torch.zeros(0)
+    for start in range(0, len(order), rows_per_pass):
+        chunk = order[start : start + rows_per_pass]
+        batch = pad([ids[r] for r in chunk], pad_id(tok), left=False).to(model_device(model))
         with Trace(model, module_path, retain_input=inputs, retain_output=True, stop=True) as tr:
             run_until_stopped(model, **batch.model_inputs(), use_cache=False)
-        rows = torch.arange(len(ids), device=batch.input_ids.device)
-        cols = torch.tensor([batch.column(r, i) for r, i in enumerate(lookup)], device=rows.device)
+        rows = torch.arange(len(chunk), device=batch.input_ids.device)
+        cols = torch.tensor([len(ids[r]) - 1 for r in chunk], device=rows.device)
+        if start == 0:  # (n, d) each, filled in the texts' order
+            keys = tr.input.new_zeros(len(ids), tr.input.shape[-1]) if inputs else keys
+            values = tr.output.new_zeros(len(ids), tr.output.shape[-1])
+        where = torch.tensor(chunk, device=rows.device)
         if inputs:
-            keys.append(tr.input[rows, cols].float())
-        values.append(tr.output[rows, cols].float())
-    return (torch.cat(keys) if inputs else None), torch.cat(values)
+            keys[where] = tr.input[rows, cols]
+        values[where] = tr.output[rows, cols]
+    return (keys.float() if inputs else None), values.float()
 
 
 def mean_keys(

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from kedit.model.lm import model_device, position_logits, select_logits
 from kedit.model.prefix import APPENDING_LAYERS, cache_kwargs, continuation_inputs, prefix_cache
-from kedit.model.tokens import pad
+from kedit.model.tokens import Batch, pad
 
 
 def cache_rows(cache: Any, rows: torch.Tensor) -> Any | None:
@@ -35,6 +35,65 @@ def cache_rows(cache: Any, rows: torch.Tensor) -> Any | None:
         if layer.is_initialized and layer.keys.numel():
             layer.keys = layer.keys[rows]  # (rows, heads, prefix, head_dim)
             layer.values = layer.values[rows]
+    return out
+
+
+#: padded tokens per pass of the prefix's own computation, on CPU and on a GPU
+PREFIX_PASS_TOKENS = {"cpu": 4096, "cuda": 16384}
+
+
+def _prefix_batch(prefixes: Sequence[Sequence[int]], pad_token: int) -> Batch:
+    """Prefixes padded on the left; an empty one is one masked pad."""
+    batch = pad([p or [pad_token] for p in prefixes], pad_token, left=True)
+    for row, p in enumerate(prefixes):
+        if not p:
+            batch.attention_mask[row] = 0
+    return batch
+
+
+def _grouped_prefix_cache(
+    model: nn.Module, prefixes: Sequence[Sequence[int]], pad_token: int, device: torch.device
+) -> Any:
+    """The prefixes' keys and values, as one left-padded cache over all rows. Rows are computed
+    in groups of similar length, so a short prefix is not padded to the longest one's width
+    (ROME's and MEMIT's context templates give prefixes of 2 to 25 tokens); each group's keys
+    and values are then padded on the left to the common width (masked slots, so their content
+    is never read). Caches that are not plain appending ones (sliding windows) are computed in
+    one pass."""
+    budget = PREFIX_PASS_TOKENS.get(device.type, PREFIX_PASS_TOKENS["cpu"])
+    groups: list[list[int]] = [[]]
+    for r in sorted(range(len(prefixes)), key=lambda r: len(prefixes[r])):
+        if groups[-1] and (len(groups[-1]) + 1) * len(prefixes[r]) > budget:
+            groups.append([])
+        groups[-1].append(r)
+    if len(groups) == 1:
+        return prefix_cache(model, _prefix_batch(prefixes, pad_token).to(device).model_inputs())
+    caches = []
+    for group in groups:
+        batch = _prefix_batch([prefixes[r] for r in group], pad_token).to(device)
+        caches.append(prefix_cache(model, batch.model_inputs()))
+        layers = getattr(caches[-1], "layers", [None])
+        if type(caches[-1]) is not DynamicCache or any(type(x) is not DynamicLayer for x in layers):
+            batch = _prefix_batch(prefixes, pad_token).to(device)
+            return prefix_cache(model, batch.model_inputs())
+    width, rows = max(len(p) for p in prefixes), len(prefixes)
+    out = copy.copy(caches[0])
+    out.layers = [copy.copy(layer) for layer in caches[0].layers]
+    for k, layer in enumerate(out.layers):
+        layer.keys = _left_padded_rows([c.layers[k].keys for c in caches], groups, rows, width)
+        layer.values = _left_padded_rows([c.layers[k].values for c in caches], groups, rows, width)
+    return out
+
+
+def _left_padded_rows(
+    parts: Sequence[torch.Tensor], groups: Sequence[Sequence[int]], rows: int, width: int
+) -> torch.Tensor:
+    """Groups' ``(group rows, heads, group width, head_dim)`` tensors as one
+    ``(rows, heads, width, head_dim)``, each row in its place, zeros on the left."""
+    first = parts[0]
+    out = first.new_zeros(rows, first.shape[1], width, first.shape[3])
+    for part, group in zip(parts, groups):
+        out[torch.tensor(group, device=out.device), :, width - part.shape[2] :] = part
     return out
 
 
@@ -64,12 +123,8 @@ class PrefixCachedPass:
         self.cache = None
         prefix_mask = torch.zeros(len(rows), width, dtype=torch.long)
         if width:
-            prefix = pad([p or [pad_token] for p in prefixes], pad_token, left=True)
-            for row, p in enumerate(prefixes):  # an empty prefix was padded: mask all of it
-                if not p:
-                    prefix.attention_mask[row] = 0
-            prefix_mask = prefix.attention_mask
-            self.cache = prefix_cache(model, prefix.to(self.device).model_inputs())
+            prefix_mask = _prefix_batch(prefixes, pad_token).attention_mask
+            self.cache = _grouped_prefix_cache(model, prefixes, pad_token, self.device)
         inputs = continuation_inputs(prefix_mask, suffixes, pad_token)
         self.inputs = {k: v.to(self.device) for k, v in inputs.items()}
 
