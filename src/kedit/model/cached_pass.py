@@ -40,6 +40,8 @@ def cache_rows(cache: Any, rows: torch.Tensor) -> Any | None:
 
 #: padded tokens per pass of the prefix's own computation, on CPU and on a GPU
 PREFIX_PASS_TOKENS = {"cpu": 4096, "cuda": 16384}
+#: prefix tokens below which a group takes longer rows rather than padding being saved by a pass
+SMALL_PREFIX_PASS = 256
 
 
 def _prefix_batch(prefixes: Sequence[Sequence[int]], pad_token: int) -> Batch:
@@ -55,17 +57,24 @@ def _grouped_prefix_cache(
     model: nn.Module, prefixes: Sequence[Sequence[int]], pad_token: int, device: torch.device
 ) -> Any:
     """The prefixes' keys and values, as one left-padded cache over all rows. Rows are computed
-    in groups of similar length, so a short prefix is not padded to the longest one's width
-    (ROME's and MEMIT's context templates give prefixes of 2 to 25 tokens); each group's keys
+    in groups of similar length (a group takes a longer row while that pads less than an
+    eighth of it, or while it is small), so a short prefix is not padded to the longest one's
+    width (MEMIT's context templates give prefixes of 2 to 24 tokens); each group's keys
     and values are then padded on the left to the common width (masked slots, so their content
     is never read). Caches that are not plain appending ones (sliding windows) are computed in
     one pass."""
     budget = PREFIX_PASS_TOKENS.get(device.type, PREFIX_PASS_TOKENS["cpu"])
     groups: list[list[int]] = [[]]
+    real = 0  # the group's tokens without padding
     for r in sorted(range(len(prefixes)), key=lambda r: len(prefixes[r])):
-        if groups[-1] and (len(groups[-1]) + 1) * len(prefixes[r]) > budget:
+        group, n = groups[-1], len(prefixes[r])
+        padded = (len(group) + 1) * n
+        wasteful = padded - real - n > padded // 8 and real >= SMALL_PREFIX_PASS
+        if group and (padded > budget or wasteful):
             groups.append([])
+            real = 0
         groups[-1].append(r)
+        real += n
     if len(groups) == 1:
         return prefix_cache(model, _prefix_batch(prefixes, pad_token).to(device).model_inputs())
     caches = []
