@@ -152,9 +152,14 @@ TINY_CONFIGS = {
 DEVICE = torch.device(os.environ.get("KEDIT_TEST_DEVICE", "cpu"))
 
 
-def tiny_model(model_type: str, seed: int = 0) -> torch.nn.Module:
+def tiny_model(model_type: str, seed: int = 0, blocks: int | None = None) -> torch.nn.Module:
+    """A random tiny model of ``model_type`` (2 blocks unless ``blocks`` says otherwise)."""
     torch.manual_seed(seed)
     config = TINY_CONFIGS[model_type]()
+    if blocks is not None:
+        settings = {**config.to_dict(), "num_hidden_layers": blocks, "n_layer": blocks}
+        settings.pop("layer_types", None)  # derived from the number of blocks
+        config = type(config).from_dict(settings)
     config._attn_implementation = "eager"
     return AutoModelForCausalLM.from_config(config).to(DEVICE).eval()
 

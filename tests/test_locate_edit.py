@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from kedit.methods import METHODS, EditSession, _value
+from kedit.methods import METHODS, EditSession, _keys, _value
 from kedit.methods._keys import mean_keys, subject_io
 from kedit.methods._stats import stats_for
+from kedit.methods._suffix import HandOn
 from kedit.methods._templates import context_templates, fill, flatten, kl_prompt
 from kedit.methods._value import ValueSearch, optimise_value, relaxation
 from kedit.model.arch import arch_of, weight_out_in
@@ -234,3 +235,32 @@ def test_other_llama_like_blocks_keep_block_targets(env):
         model = tiny_model(arch)
         method = METHODS["memit"].for_model(model, {**TINY["memit"], "layers": [1]}, env)
         assert method.target_paths(model)[0] == "model.layers.1"
+
+
+@pytest.mark.parametrize("name", ["memit", "alphaedit"])
+def test_key_reads_run_from_the_lowest_edited_block_and_change_nothing(
+    name, tokenizer, env, monkeypatch
+):
+    """MEMIT reads every layer's keys again after writing the layers below it, AlphaEdit once
+    more after all: block 0, below the lowest edited layer, runs on the first read only, and
+    the update equals one whose every read runs all blocks."""
+    paths = [MLP["llama"].format(i) for i in (1, 2)]
+
+    def edit_and_count():
+        model = tiny_model("llama", blocks=3)
+        method = METHODS[name].for_model(model, {**TINY[name], "layers": [1, 2]}, env)
+        method.edit(model, tokenizer, REQUESTS).restore()  # templates and statistics cached
+        calls = []
+        model.model.layers[0].register_forward_hook(lambda *_: calls.append(1))
+        before = weights(model, paths)
+        method.edit(model, tokenizer, REQUESTS)
+        return deltas(model, paths, before), len(calls)
+
+    handed_on, calls_handed_on = edit_and_count()
+    monkeypatch.setattr(_keys, "HandOn", lambda model, first: HandOn(model, 0))
+    full, calls_full = edit_and_count()
+    for a, b in zip(handed_on, full):
+        assert torch.allclose(a, b, atol=1e-6 * b.abs().max().item())
+    # reads of the keys and the bare prompts (one pass each): both first reads run block 0
+    # either way; MEMIT reads each twice, AlphaEdit its keys twice more
+    assert calls_full - calls_handed_on == (4 if name == "alphaedit" else 2)

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from kedit.methods import _value
 from kedit.methods._suffix import HandOn
@@ -14,7 +13,7 @@ from kedit.model.cached_pass import PrefixCachedPass
 from kedit.model.hooks import frozen
 from kedit.model.tokens import encode, pad
 from kedit.types import EditRequest
-from tests.conftest import DEVICE, TINY_CONFIGS, tiny_model
+from tests.conftest import tiny_model
 
 #: prompts, subjects and targets of different token lengths, so rows pad differently
 REQUESTS = [
@@ -96,22 +95,11 @@ def test_a_subset_of_a_cached_pass_equals_a_pass_of_those_rows(arch, tokenizer):
         assert torch.allclose(got[0], fresh.logits([0, 1])[0], atol=1e-5)
 
 
-def deeper_model(arch: str, blocks: int = 3) -> torch.nn.Module:
-    """A tiny model of ``arch`` with ``blocks`` blocks (the delta can sit above block 0 and
-    below the last, where a random model's gradients are not float noise)."""
-    settings = {**TINY_CONFIGS[arch]().to_dict(), "num_hidden_layers": blocks, "n_layer": blocks}
-    settings.pop("layer_types", None)  # derived from the number of blocks
-    torch.manual_seed(0)
-    config = type(TINY_CONFIGS[arch]()).from_dict(settings)
-    config._attn_implementation = "eager"
-    return AutoModelForCausalLM.from_config(config).to(DEVICE).eval()
-
-
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
 def test_blocks_below_the_delta_run_once_per_pass_and_change_nothing(arch, tokenizer, monkeypatch):
     """The blocks below the lowest delta run on the first step only (their output is handed on
     after it), and every v* equals the one found with full passes at every step."""
-    model = deeper_model(arch)
+    model = tiny_model(arch, blocks=3)
     paths = [layer_path(model, "mlp_out", 1), layer_path(model, "attn_out", 2)]
     search = ValueSearch(5, 0.5, 0.0, 1e4, 0.0625)
     calls = []
@@ -180,7 +168,7 @@ def plain_v_star(model, tok, request, templates, path, search):
 def test_the_search_finds_what_a_plain_compute_v_finds(arch, tokenizer):
     """The batched, prefix-cached search with handed-on blocks and a KL row cut at its subject
     gives the v* of a plain full-pass loop (the delta in block 1 of 3)."""
-    model = deeper_model(arch)
+    model = tiny_model(arch, blocks=3)
     path = layer_path(model, "mlp_out", 1)
     search = ValueSearch(6, 0.5, 0.5, 4.0, 0.0625)
     for request in REQUESTS[:2]:
@@ -220,7 +208,7 @@ def test_prefixes_computed_in_groups_of_similar_length_give_the_same_pass(
 
 def test_a_search_with_grouped_prefixes_finds_the_plain_v_star(tokenizer, monkeypatch):
     monkeypatch.setattr(cached_pass, "PREFIX_PASS_TOKENS", {"cpu": 12, "cuda": 12})
-    model = deeper_model("llama")
+    model = tiny_model("llama", blocks=3)
     path = layer_path(model, "mlp_out", 1)
     search = ValueSearch(6, 0.5, 0.5, 4.0, 0.0625)
     want, steps = plain_v_star(model, tokenizer, REQUESTS[1], TEMPLATES, path, search)

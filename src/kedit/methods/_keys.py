@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from kedit.methods._suffix import HandOn, block_index
 from kedit.methods._templates import fill, flatten
 from kedit.model.hooks import Trace, run_until_stopped
 from kedit.model.lm import model_device
@@ -15,7 +16,74 @@ from kedit.model.tokens import encode, pad, pad_id, token_index_of_span
 from kedit.types import EditRequest
 
 
-@torch.no_grad()
+class SubjectPasses:
+    """Passes over fixed texts that read one module at each text's subject's last token.
+
+    Each text runs up to that token only (what follows cannot change it), in passes of
+    ``rows_per_pass`` texts of similar length. With ``first`` > 0 the caller promises that the
+    blocks below ``first`` do not change between reads (MEMIT writes its layers lowest first,
+    re-reading keys after each): the first read records block ``first``'s input, later reads
+    run from that block on (:class:`~kedit.methods._suffix.HandOn`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tok: PreTrainedTokenizerBase,
+        texts: Sequence[tuple[str, tuple[int, int]]],
+        first: int = 0,
+        rows_per_pass: int = 64,
+    ) -> None:
+        self.model, self.n = model, len(texts)
+        lookup = [token_index_of_span(tok, text, span) for text, span in texts]
+        ids = [encode(tok, text).ids[: at + 1] for (text, _), at in zip(texts, lookup)]
+        order = sorted(range(len(ids)), key=lambda r: len(ids[r]))
+        device = model_device(model)
+        self.chunks = []  # (text indices, batch, last column of each row)
+        for start in range(0, len(order), rows_per_pass):
+            chunk = order[start : start + rows_per_pass]
+            batch = pad([ids[r] for r in chunk], pad_id(tok), left=False).to(device)
+            cols = torch.tensor([len(ids[r]) - 1 for r in chunk], device=device)
+            self.chunks.append((torch.tensor(chunk, device=device), batch, cols))
+        self.hand_on = HandOn(model, first)
+        self.recorded: list[torch.Tensor | None] = [None] * len(self.chunks)
+
+    @torch.no_grad()
+    def read(
+        self, module_path: str, inputs: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The module's input ``(n, d_in)`` (None without ``inputs``) and output ``(n, d_out)``
+        at each text's subject's last token, float32, in the texts' order."""
+        if self.hand_on.enabled and block_index(self.model, module_path) < self.hand_on.first:
+            raise ValueError(f"{module_path} lies below block {self.hand_on.first}")
+        keys: torch.Tensor | None = None
+        values: torch.Tensor | None = None
+        for k, (where, _, _) in enumerate(self.chunks):
+            keys_k, values_k = self._read_chunk(k, module_path, inputs)
+            if values is None:
+                values = values_k.new_zeros(self.n, values_k.shape[-1])
+            values[where] = values_k
+            if keys_k is not None:
+                keys = keys_k.new_zeros(self.n, keys_k.shape[-1]) if keys is None else keys
+                keys[where] = keys_k
+        return (None if keys is None else keys.float()), values.float()
+
+    def _read_chunk(
+        self, k: int, module_path: str, inputs: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        where, batch, cols = self.chunks[k]
+        rows = torch.arange(len(where), device=where.device)
+        trace = Trace(self.model, module_path, retain_input=inputs, retain_output=True, stop=True)
+
+        def run() -> torch.Tensor:  # the module's output at the read tokens
+            with trace:
+                run_until_stopped(self.model, **batch.model_inputs(), use_cache=False)
+            return trace.output[rows, cols]
+
+        values, self.recorded[k] = self.hand_on.run(run, self.recorded[k])
+        return (trace.input[rows, cols] if inputs else None), values
+
+
 def subject_io(
     model: nn.Module,
     tok: PreTrainedTokenizerBase,
@@ -28,29 +96,16 @@ def subject_io(
 
     ``texts`` are (text, subject character span) pairs. Returns ``(n, d_in)`` (None when
     ``inputs`` is False, e.g. for a whole block) and ``(n, d_out)`` float32 tensors, from
-    batched passes that stop right after the module. Each text runs up to its subject's last
-    token only (what follows cannot change it), in passes of texts of similar length.
+    batched passes that stop right after the module (:class:`SubjectPasses`).
     """
-    lookup = [token_index_of_span(tok, text, span) for text, span in texts]
-    ids = [encode(tok, text).ids[: at + 1] for (text, _), at in zip(texts, lookup)]
-    order = sorted(range(len(ids)), key=lambda r: len(ids[r]))
-    keys = torch.zeros(0)
-    values = torch.zeros(0)
-    for start in range(0, len(order), rows_per_pass):
-        chunk = order[start : start + rows_per_pass]
-        batch = pad([ids[r] for r in chunk], pad_id(tok), left=False).to(model_device(model))
-        with Trace(model, module_path, retain_input=inputs, retain_output=True, stop=True) as tr:
-            run_until_stopped(model, **batch.model_inputs(), use_cache=False)
-        rows = torch.arange(len(chunk), device=batch.input_ids.device)
-        cols = torch.tensor([len(ids[r]) - 1 for r in chunk], device=rows.device)
-        if start == 0:  # (n, d) each, filled in the texts' order
-            keys = tr.input.new_zeros(len(ids), tr.input.shape[-1]) if inputs else keys
-            values = tr.output.new_zeros(len(ids), tr.output.shape[-1])
-        where = torch.tensor(chunk, device=rows.device)
-        if inputs:
-            keys[where] = tr.input[rows, cols]
-        values[where] = tr.output[rows, cols]
-    return (keys.float() if inputs else None), values.float()
+    return SubjectPasses(model, tok, texts, 0, rows_per_pass).read(module_path, inputs)
+
+
+def key_texts(
+    requests: Sequence[EditRequest], template_groups: Sequence[Sequence[str]]
+) -> list[tuple[str, tuple[int, int]]]:
+    """Every request's prompt in every context template, request by request."""
+    return [fill(t, r) for r in requests for t in flatten(template_groups)]
 
 
 def mean_keys(
@@ -60,18 +115,19 @@ def mean_keys(
     template_groups: Sequence[Sequence[str]],
     module_path: str,
     per_group: bool = False,
+    passes: SubjectPasses | None = None,
 ) -> torch.Tensor:
     """The module input at each request's subject's last token, averaged over context
-    templates: ``(n_requests, d_in)``, from one batched computation.
+    templates: ``(n_requests, d_in)``, from one batched computation (``passes``: over
+    :func:`key_texts`, kept across reads).
 
     ``per_group=False`` averages all templates uniformly (ROME); ``per_group=True`` averages
     within each group, then across groups (MEMIT), so the bare prompt weighs as much as all
     sampled prefixes of one length together.
     """
-    flat = flatten(template_groups)
-    texts = [fill(t, r) for r in requests for t in flat]
-    keys, _ = subject_io(model, tok, texts, module_path)
-    keys = keys.view(len(requests), len(flat), -1)  # (requests, templates, d_in)
+    passes = passes or SubjectPasses(model, tok, key_texts(requests, template_groups))
+    keys, _ = passes.read(module_path)
+    keys = keys.view(len(requests), -1, keys.shape[-1])  # (requests, templates, d_in)
     if not per_group:
         return keys.mean(1)
     means, start = [], 0

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from kedit.methods._keys import mean_keys, subject_io
+from kedit.methods._keys import SubjectPasses, key_texts, mean_keys
 from kedit.methods._stats import StatsConfig, stats_for
+from kedit.methods._suffix import block_index
 from kedit.methods._templates import context_templates, flatten
 from kedit.methods._value import ValueConfig, ValueResult, ValueSearch, optimise_values
 from kedit.methods._weights import low_rank_delta
@@ -85,14 +86,16 @@ def spread(
     targets: torch.Tensor,
     share: Callable[[int], float],
     solve: Solver,
+    key_passes: SubjectPasses,
 ) -> list[torch.Tensor]:
     """Write ``targets`` (``(n, d)``, for ``target_path``'s output) over ``layer_paths`` (the
     MLP output projections, lowest first). Returns each layer's keys ``(d_in, n)``."""
     bare = [(r.text, r.subject_span) for r in requests]
+    bare_passes = SubjectPasses(model, tok, bare, key_passes.hand_on.first)
     all_keys = []
     for i, path in enumerate(layer_paths):
-        keys = mean_keys(model, tok, requests, template_groups, path, per_group=True).T
-        _, current = subject_io(model, tok, bare, target_path, inputs=False)  # (n, d)
+        keys = mean_keys(model, tok, requests, template_groups, path, True, key_passes).T
+        _, current = bare_passes.read(target_path, inputs=False)  # (n, d)
         residual = (targets - current).T * share(len(layer_paths) - i)  # (d, n)
         out_factor, in_factor = solve(i, path, keys.double(), residual.double())
         module = get_module(model, path)
@@ -158,6 +161,10 @@ class SpreadMethod(EditMethod):
             return self.solve(LayerUpdate(model, path, keys, residual, stats[path], edit))
 
         targets = torch.stack([v.target for v in values])  # (n, d_model)
+        # the keys' texts, read again after each layer's update; no block below the lowest
+        # edited one changes in this batch, so reads run from that block on
+        first = block_index(model, paths[0])
+        key_passes = SubjectPasses(model, tok, key_texts(requests, templates), first)
         spread(
             model,
             tok,
@@ -169,8 +176,9 @@ class SpreadMethod(EditMethod):
             targets,
             self.share,
             solve,
+            key_passes,
         )
-        self.after_update(model, tok, requests, templates, paths, edit)
+        self.after_update(model, tok, requests, templates, paths, edit, key_passes)
         edit.info.update(
             layers=len(paths),
             v_steps=max(v.steps for v in values),
@@ -204,5 +212,7 @@ class SpreadMethod(EditMethod):
         templates: list[list[str]],
         paths: list[str],
         edit: Edit,
+        key_passes: SubjectPasses,
     ) -> None:
-        """Called once every layer is updated (AlphaEdit records the new keys)."""
+        """Called once every layer is updated (AlphaEdit records the new keys; ``key_passes``
+        reads them as :func:`spread` did)."""

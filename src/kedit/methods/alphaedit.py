@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from kedit.methods._keys import mean_keys
+from kedit.methods._keys import SubjectPasses, mean_keys
 from kedit.methods._spread import LayerUpdate, SpreadConfig, SpreadMethod
 from kedit.methods.edit import Edit
 from kedit.types import EditRequest
@@ -130,11 +130,12 @@ class AlphaEdit(SpreadMethod):
         templates: list[list[str]],
         paths: list[str],
         edit: Edit,
+        key_passes: SubjectPasses,
     ) -> None:
         """Add this batch's keys, recomputed on the edited model as the reference does, to
         the session's preserved keys."""
         for path in paths:
-            keys = mean_keys(model, tok, requests, templates, path, per_group=True).T
+            keys = mean_keys(model, tok, requests, templates, path, True, key_passes).T
             cache = edit.state[("alphaedit", path)]
             edit.save_state(cache)
             cache.factors.append(keys.detach().cpu())
