@@ -9,15 +9,12 @@ rewriting prompt ``<context template> + prompt + target[:-1]`` and of the KL pro
     loss = NLL(target | rewriting prompts) + kl_factor * KL(P_now || P_start on the KL prompt)
            + weight_decay * ||delta|| / ||v_start||^2
 
-with the delta kept in an L2 ball of radius ``clamp_norm_factor * ||v_start||``. Model weights
-are frozen (no weight gradients are computed), only the logits that predict target tokens are
-produced, and the blocks below the delta run once per batch (their output cannot change:
-:class:`~kedit.methods._suffix.HandOn`).
-
-The searches of a batch of requests run together (:func:`optimise_values`): one padded forward
-and backward pass per step over every request still searching, each with its own delta, loss,
-clamp and stopping step. MEMIT's reference (``compute_z``) runs them one after another; the
-result is the same up to float noise, and a batch of 100 costs a fraction of the time.
+with the delta kept in an L2 ball of radius ``clamp_norm_factor * ||v_start||``. Weights are
+frozen, only the logits that predict target tokens are produced, and the blocks below the delta
+run once per batch (:class:`~kedit.methods._suffix.HandOn`). A batch's searches run together
+(:func:`optimise_values`): one padded forward and backward pass per step over every request
+still searching, each with its own delta, loss, clamp and stopping step; MEMIT's ``compute_z``
+runs them one after another, for the same result up to float noise.
 """
 
 from __future__ import annotations
@@ -271,8 +268,10 @@ class _JointSearch:
                 optimiser.zero_grad()
                 finished = [r is not None for r in self.results]
                 passes = [p and p.without(finished) for p in passes]
-                terms = [self._backward(p, step) for p in passes if p is not None]
-                self._decide(step, terms)
+                # the last step's loss is only read (as the reference's), so no gradient
+                with torch.set_grad_enabled(step < steps - 1):
+                    terms = [self._backward(p, step) for p in passes if p is not None]
+                    self._decide(step, terms)
                 if all(r is not None for r in self.results):
                     break
                 optimiser.step()  # moves finished requests too (momentum): they are recorded
@@ -320,7 +319,8 @@ class _JointSearch:
         return add_delta
 
     def _backward(self, rows: _RowPass, step: int) -> tuple[_RowPass, torch.Tensor, ...]:
-        """One pass: back-propagate its rows' loss terms; return them per row, detached."""
+        """One pass: back-propagate its rows' loss terms (where gradients are on); return them
+        per row, detached."""
         self.running, self.capture = rows, step == 0
         try:
             logits, rows.lower = self.hand_on.run(  # (rows, width, vocab)
@@ -342,7 +342,9 @@ class _JointSearch:
             kl = kl.index_put((kl_rows,), (now.exp() * (now - start)).sum(-1))
         kl = self.search.kl_factor * kl  # (rows,): 0 on rewriting rows
         weight = self.nll_factor[rows.owner] / self.n_rewrite[rows.owner]
-        (weight * nll + kl).sum().backward()
+        loss = (weight * nll + kl).sum()
+        if loss.requires_grad:
+            loss.backward()
         return rows, nll.detach(), top1, kl.detach()
 
     def _decide(self, step: int, terms: list) -> None:
