@@ -167,9 +167,9 @@ def test_the_kl_prompt_is_the_subject_then_is_a(tokenizer, env, monkeypatch):
     rows = []
     real = _value.PrefixCachedPass
 
-    def recording(model, ids, split, pad):
+    def recording(model, ids, split, *rest):
         rows.extend(zip(ids, split))
-        return real(model, ids, split, pad)
+        return real(model, ids, split, *rest)
 
     monkeypatch.setattr(_value, "PrefixCachedPass", recording)
     search = ValueSearch(2, 0.5, 0.0, 4.0, 0.0625)

@@ -110,12 +110,18 @@ def test_blocks_below_the_delta_run_once_per_pass_and_change_nothing(arch, token
     fast_calls = len(calls)
     monkeypatch.setattr(HandOn, "run", lambda self, forward, recorded: (forward(), None))
     calls.clear()
+    passes = []
+    row_logits = PrefixCachedPass.row_logits
+    monkeypatch.setattr(
+        PrefixCachedPass, "row_logits", lambda *a: passes.append(1) or row_logits(*a)
+    )
     full = optimise_values(model, tokenizer, REQUESTS, TEMPLATES, paths, search, 60)
     assert_same(full, fast)
     assert all(j.steps == 4 for j in fast)  # every step ran: five passes of each batch
-    # per batch of rows: one prefix pass, then one pass per step; with blocks handed on, only
-    # the first step's reaches block 0
-    assert len(calls) == 3 * fast_calls
+    # the prefixes' passes run block 0 either way; with blocks handed on, of the search's
+    # passes only the first step's do
+    assert len(passes) % 5 == 0 and len(passes) > 5
+    assert len(calls) - fast_calls == 4 * len(passes) // 5
 
 
 def plain_v_star(model, tok, request, templates, path, search):
@@ -215,3 +221,36 @@ def test_a_search_with_grouped_prefixes_finds_the_plain_v_star(tokenizer, monkey
     got = optimise_values(model, tokenizer, REQUESTS, TEMPLATES, path, search)[1]
     assert got.steps == steps
     assert (got.target - want).norm() <= TOLERANCE * want.norm()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
+def test_shared_heads_computed_once_give_the_same_pass(arch, tokenizer, monkeypatch):
+    """Rows that start with one of two shared heads (one row's prefix is its head alone), rows
+    without one, an empty prefix: each head's keys and values computed once, then the rest of
+    each prefix after it (gemma2's sliding windows: one pass), the logits of one whole pass."""
+    model = tiny_model(arch)
+    texts = [
+        "Because it rained. Tourists visit the Eiffel Tower",
+        "Because it rained. People in Brazil speak",
+        "Because it rained. Paris is big",
+        "I said that. People in Brazil speak",
+        "Tourists visit Paris",
+        "Tower of",
+    ]
+    heads_of = {t: encode(tokenizer, t.split(".")[0] + ".").ids for t in texts if "." in t}
+    rows = [encode(tokenizer, t).ids for t in texts]
+    heads = [len(heads_of.get(t, [])) for t in texts]
+    assert all(r[:h] == heads_of[t] for r, h, t in zip(rows, heads, texts) if h)
+    split = [len(rows[0]) - 2, len(rows[1]) - 2, heads[2], len(rows[3]) - 3, 2, 0]
+    index = torch.tensor([[0, 1], [0, 1], [0, 2], [1, 2], [0, 1], [0, 1]])
+    calls = []
+    real = cached_pass.prefix_cache
+    with torch.no_grad():
+        whole = PrefixCachedPass(model, rows, split, 0).row_logits(index)
+        monkeypatch.setattr(cached_pass, "prefix_cache", lambda *a: calls.append(a) or real(*a))
+        shared = PrefixCachedPass(model, rows, split, 0, heads)
+        assert torch.allclose(shared.row_logits(index), whole, atol=1e-5)
+        part = shared.subset([5, 1, 2]).row_logits(index[[5, 1, 2]])
+        assert torch.allclose(part, whole[[5, 1, 2]], atol=1e-5)
+    if arch != "gemma2":  # the two heads in one pass, then the rests (one group)
+        assert len(calls) == 2 and calls[0][1]["input_ids"].shape[0] == 2

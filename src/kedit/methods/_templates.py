@@ -99,6 +99,7 @@ class SearchRows:
     ids: list[list[int]]
     split: list[int]
     target_ids: list[int]
+    heads: list[int]  # leading tokens that are the template's own (0: none, the KL row's)
 
 
 def search_rows(
@@ -106,16 +107,26 @@ def search_rows(
 ) -> SearchRows:
     """The rows the v* loss of ``request`` is read on (see :class:`SearchRows`)."""
     target_ids = encode_prompt_target(tok, request.text, request.target_new).target_ids
-    ids, split = [], []
+    ids, split, heads = [], [], []
     for template in templates:
         text, span = fill(template, request)
         prompt_ids = encode_prompt_target(tok, text, request.target_new).prompt_ids
         ids.append(prompt_ids + target_ids[:-1])
         split.append(token_index_of_span(tok, text, span))
+        head = template_head(tok, template)
+        heads.append(len(head) if head and prompt_ids[: len(head)] == head else 0)
     kl_text, kl_span = kl_prompt(request)
     ids.append(encode(tok, kl_text).ids)
     split.append(token_index_of_span(tok, kl_text, kl_span))
-    return SearchRows(ids, split, target_ids)
+    return SearchRows(ids, split, target_ids, [*heads, 0])
+
+
+def template_head(tok: PreTrainedTokenizerBase, template: str) -> list[int]:
+    """The tokens of a context template's text before the prompt (its trailing space left to
+    the prompt's first word, as a joint tokenisation mostly does): what every request's row
+    with this template starts with, where the row's tokens show it does."""
+    head = template[: template.index(SUBJECT_SLOT)].rstrip()
+    return encode(tok, head).ids if head else []
 
 
 def kl_prompt(request: EditRequest) -> tuple[str, tuple[int, int]]:

@@ -172,6 +172,7 @@ class _Row:
     split: int  # the subject's last token
     target_ids: list[int] | None  # None: the KL row
     first: bool  # the request's first rewriting row, where v_start is read
+    head: int = 0  # leading tokens shared with other requests' rows (the context template's)
 
     @property
     def width(self) -> int:
@@ -286,9 +287,9 @@ class _JointSearch:
         rows = [  # the KL row is read at its subject's last token, so it ends there
             _Row(i, ids[: at + 1], at, None, False)
             if k == len(r.ids) - 1
-            else _Row(i, ids, at, r.target_ids, k == 0)
+            else _Row(i, ids, at, r.target_ids, k == 0, head)
             for i, r in enumerate(self.requests)
-            for k, (ids, at) in enumerate(zip(r.ids, r.split))
+            for k, (ids, at, head) in enumerate(zip(r.ids, r.split, r.heads))
         ]
         part: list[_Row] = []
         for row in sorted(rows, key=lambda r: r.width):
@@ -301,8 +302,8 @@ class _JointSearch:
         yield self._pass(part)
 
     def _pass(self, rows: list[_Row]) -> _RowPass:
-        ids, split = [r.ids for r in rows], [r.split for r in rows]
-        return _RowPass(rows, PrefixCachedPass(self.model, ids, split, self.pad_token))
+        ids, split, heads = [r.ids for r in rows], [r.split for r in rows], [r.head for r in rows]
+        return _RowPass(rows, PrefixCachedPass(self.model, ids, split, self.pad_token, heads))
 
     def _adder(self, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def add_delta(out: torch.Tensor) -> torch.Tensor:  # out: (rows, suffix, d_out)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from kedit.model.lm import model_device, position_logits, select_logits
+from kedit.model.lm import cache_argument, model_device, position_logits, select_logits
 from kedit.model.prefix import APPENDING_LAYERS, cache_kwargs, continuation_inputs, prefix_cache
 from kedit.model.tokens import Batch, pad
 
@@ -53,21 +53,28 @@ def _prefix_batch(prefixes: Sequence[Sequence[int]], pad_token: int) -> Batch:
     return batch
 
 
-def _grouped_prefix_cache(
-    model: nn.Module, prefixes: Sequence[Sequence[int]], pad_token: int, device: torch.device
-) -> Any:
-    """The prefixes' keys and values, as one left-padded cache over all rows. Rows are computed
-    in groups of similar length (a group takes a longer row while that pads less than an
-    eighth of it, or while it is small), so a short prefix is not padded to the longest one's
-    width (MEMIT's context templates give prefixes of 2 to 24 tokens); each group's keys
-    and values are then padded on the left to the common width (masked slots, so their content
-    is never read). Caches that are not plain appending ones (sliding windows) are computed in
-    one pass."""
-    budget = PREFIX_PASS_TOKENS.get(device.type, PREFIX_PASS_TOKENS["cpu"])
+def _plain(cache: Any) -> bool:
+    """Whether every layer of ``cache`` keeps every slot (no sliding window)."""
+    layers = getattr(cache, "layers", None)
+    return type(cache) is DynamicCache and all(type(x) is DynamicLayer for x in layers)
+
+
+def _with_tensors(cache: Any, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> Any:
+    """A copy of ``cache``'s structure holding the given per-layer keys and values."""
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    for layer, k, v in zip(out.layers, keys, values):
+        layer.keys, layer.values = k, v
+    return out
+
+
+def _length_groups(rows: Sequence[Sequence[int]], budget: int) -> list[list[int]]:
+    """Row indices in groups of similar length: a group takes a longer row while that pads less
+    than an eighth of it, or while it is small, and never past ``budget`` padded tokens."""
     groups: list[list[int]] = [[]]
     real = 0  # the group's tokens without padding
-    for r in sorted(range(len(prefixes)), key=lambda r: len(prefixes[r])):
-        group, n = groups[-1], len(prefixes[r])
+    for r in sorted(range(len(rows)), key=lambda r: len(rows[r])):
+        group, n = groups[-1], len(rows[r])
         padded = (len(group) + 1) * n
         wasteful = padded - real - n > padded // 8 and real >= SMALL_PREFIX_PASS
         if group and (padded > budget or wasteful):
@@ -75,35 +82,81 @@ def _grouped_prefix_cache(
             real = 0
         groups[-1].append(r)
         real += n
-    if len(groups) == 1:
-        return prefix_cache(model, _prefix_batch(prefixes, pad_token).to(device).model_inputs())
-    caches = []
+    return groups
+
+
+def prefix_keys_values(
+    model: nn.Module,
+    prefixes: Sequence[Sequence[int]],
+    heads: Sequence[int],
+    pad_token: int,
+    device: torch.device,
+) -> tuple[Any, torch.Tensor]:
+    """The prefixes' keys and values as one cache over all rows, and its attention mask.
+
+    Work that padding or repetition would waste is not done: the first ``heads[row]`` tokens
+    of a row (a context template's, shared by every request's row with that template) are
+    computed once per distinct head, and the rest of each prefix after its head, in groups of
+    rows of similar length (:func:`_length_groups`; MEMIT's prefixes run from 2 to 24 tokens).
+    The cache's slots are ``[head, left-padded | rest, left-padded]``; masked slots are never
+    read, and positions count real tokens only, so this equals one pass over the whole
+    prefixes. Caches that drop slots (sliding windows) are computed in that one pass."""
+    budget = PREFIX_PASS_TOKENS.get(device.type, PREFIX_PASS_TOKENS["cpu"])
+    n = len(prefixes)
+    whole = _prefix_batch(prefixes, pad_token).to(device)
+    distinct = list(dict.fromkeys(tuple(p[:h]) for p, h in zip(prefixes, heads) if h))
+    rests = [list(p[h:]) for p, h in zip(prefixes, heads)]
+    groups = _length_groups(rests, budget)
+    if not distinct and len(groups) == 1:
+        return prefix_cache(model, whole.model_inputs()), whole.attention_mask
+    head_mask = torch.zeros(n, 0, dtype=torch.long, device=device)
+    head_kv = None
+    if distinct:
+        batch = _prefix_batch([list(d) for d in distinct], pad_token).to(device)
+        shared = prefix_cache(model, batch.model_inputs())
+        if not _plain(shared):
+            return prefix_cache(model, whole.model_inputs()), whole.attention_mask
+        index = {d: k for k, d in enumerate(distinct)}
+        which = torch.tensor(  # each row's head; the last, all masked, for rows without one
+            [index[tuple(p[:h])] if h else len(distinct) for p, h in zip(prefixes, heads)],
+            device=device,
+        )
+        head_mask = torch.cat([batch.attention_mask, batch.attention_mask[:1] * 0])[which]
+        head_kv = [
+            [torch.cat([t, t[:1] * 0])[which] for t in (layer.keys, layer.values)]
+            for layer in shared.layers
+        ]  # per layer, (rows, kv heads, head width, head_dim) keys and values
+    rest = _prefix_batch(rests, pad_token).to(device)  # the rest's mask, over all rows
+    width, rest_width = head_mask.shape[1], rest.input_ids.shape[1]
+    parts = []
     for group in groups:
-        batch = _prefix_batch([prefixes[r] for r in group], pad_token).to(device)
-        caches.append(prefix_cache(model, batch.model_inputs()))
-        layers = getattr(caches[-1], "layers", [None])
-        if type(caches[-1]) is not DynamicCache or any(type(x) is not DynamicLayer for x in layers):
-            batch = _prefix_batch(prefixes, pad_token).to(device)
-            return prefix_cache(model, batch.model_inputs())
-    width, rows = max(len(p) for p in prefixes), len(prefixes)
-    out = copy.copy(caches[0])
-    out.layers = [copy.copy(layer) for layer in caches[0].layers]
-    for k, layer in enumerate(out.layers):
-        layer.keys = _left_padded_rows([c.layers[k].keys for c in caches], groups, rows, width)
-        layer.values = _left_padded_rows([c.layers[k].values for c in caches], groups, rows, width)
-    return out
-
-
-def _left_padded_rows(
-    parts: Sequence[torch.Tensor], groups: Sequence[Sequence[int]], rows: int, width: int
-) -> torch.Tensor:
-    """Groups' ``(group rows, heads, group width, head_dim)`` tensors as one
-    ``(rows, heads, width, head_dim)``, each row in its place, zeros on the left."""
-    first = parts[0]
-    out = first.new_zeros(rows, first.shape[1], width, first.shape[3])
-    for part, group in zip(parts, groups):
-        out[torch.tensor(group, device=out.device), :, width - part.shape[2] :] = part
-    return out
+        rows = torch.tensor(group, device=device)
+        batch = _prefix_batch([rests[r] for r in group], pad_token).to(device)
+        inputs = batch.model_inputs()
+        if head_kv is not None:
+            past = _with_tensors(shared, *zip(*[(k[rows], v[rows]) for k, v in head_kv]))
+            inputs = {
+                "input_ids": batch.input_ids,
+                "attention_mask": torch.cat([head_mask[rows], batch.attention_mask], -1),
+                "position_ids": head_mask[rows].sum(-1, keepdim=True) + batch.position_ids,
+                cache_argument(model): past,
+            }
+        parts.append(prefix_cache(model, inputs))
+        if not _plain(parts[-1]):
+            return prefix_cache(model, whole.model_inputs()), whole.attention_mask
+    keys, values = [], []
+    for k, layer in enumerate(parts[0].layers):
+        for out, name in ((keys, "keys"), (values, "values")):
+            first = getattr(layer, name)
+            full = first.new_zeros(n, first.shape[1], width + rest_width, first.shape[3])
+            if head_kv is not None:
+                full[:, :, :width] = head_kv[k][name == "values"]
+            for part, group in zip(parts, groups):
+                tensor = getattr(part.layers[k], name)[:, :, width:]  # the rest's slots
+                rows = torch.tensor(group, device=device)
+                full[rows, :, width + rest_width - tensor.shape[2] :] = tensor
+            out.append(full)
+    return _with_tensors(parts[0], keys, values), torch.cat([head_mask, rest.attention_mask], -1)
 
 
 class PrefixCachedPass:
@@ -122,18 +175,22 @@ class PrefixCachedPass:
         rows: Sequence[Sequence[int]],
         split: Sequence[int],
         pad_token: int,
+        heads: Sequence[int] | None = None,
     ) -> None:
         self.model = model
         self.device = model_device(model)
         self._rows, self._split, self._pad = [list(r) for r in rows], list(split), pad_token
+        self._heads = [min(h, i) for h, i in zip(heads or [0] * len(rows), split)]
         prefixes = [r[:i] for r, i in zip(self._rows, split)]
         suffixes = [r[i:] for r, i in zip(self._rows, split)]
         width = max(len(p) for p in prefixes)
         self.cache = None
         prefix_mask = torch.zeros(len(rows), width, dtype=torch.long)
         if width:
-            prefix_mask = _prefix_batch(prefixes, pad_token).attention_mask
-            self.cache = _grouped_prefix_cache(model, prefixes, pad_token, self.device)
+            self.cache, mask = prefix_keys_values(
+                model, prefixes, self._heads, pad_token, self.device
+            )
+            prefix_mask = mask.cpu()
         inputs = continuation_inputs(prefix_mask, suffixes, pad_token)
         self.inputs = {k: v.to(self.device) for k, v in inputs.items()}
 
@@ -151,10 +208,12 @@ class PrefixCachedPass:
                 [self._rows[r] for r in rows],
                 [self._split[r] for r in rows],
                 self._pad,
+                [self._heads[r] for r in rows],
             )
         out = copy.copy(self)
         out._rows = [self._rows[r] for r in rows]
         out._split = [self._split[r] for r in rows]
+        out._heads = [self._heads[r] for r in rows]
         out.cache = cache
         out.inputs = {k: v[index] for k, v in self.inputs.items()}
         return out
