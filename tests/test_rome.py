@@ -5,9 +5,9 @@ import torch
 
 from kedit.env import Environment
 from kedit.methods import METHODS
-from kedit.methods._keys import mean_keys, subject_io
+from kedit.methods._keys import SubjectPasses, mean_keys, subject_io, template_passes
 from kedit.methods._stats import second_moments, stats_for, token_cap
-from kedit.methods._templates import context_templates
+from kedit.methods._templates import context_templates, fill, flatten
 from kedit.methods._value import PrefixCachedPass
 from kedit.model.arch import arch_of, weight_out_in
 from kedit.model.hooks import Trace
@@ -251,3 +251,23 @@ def test_subject_io_reads_what_a_pass_of_each_whole_text_gives(arch, tokenizer):
             model(input_ids=ids)
         assert torch.allclose(keys[row], tr.input[0, at], atol=1e-5)
         assert torch.allclose(values[row], tr.output[0, at], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
+def test_template_heads_computed_once_read_the_same_keys(arch, tokenizer):
+    """Keys read with each context template's tokens computed once for all prompts (gemma2's
+    sliding windows: every text whole) equal keys read from whole texts, in the texts' order;
+    so do keys read with a head that only some texts start with (the others run whole)."""
+    model = tiny_model(arch, blocks=3)
+    path = arch_of(model).path("mlp_out", 2)
+    requests = [REQUEST, EditRequest("People in {} speak", "Brazil", "Italian", "Portuguese")]
+    templates = [["{}"], ["Because it rained. {}", "I said that. {}"]]
+    passes = template_passes(model, tokenizer, requests, templates)
+    assert sum(map(len, passes.heads)) > 0 or arch == "gemma2"
+    texts = [fill(t, r) for r in requests for t in flatten(templates)]
+    wrong = [encode(tokenizer, "Tourists").ids] * len(texts)  # the first request's bare prompt
+    for got in (passes, SubjectPasses(model, tokenizer, texts, heads=wrong, rows_per_pass=2)):
+        keys, values = got.read(path)
+        want_keys, want_values = subject_io(model, tokenizer, texts, path, rows_per_pass=1)
+        assert torch.allclose(keys, want_keys, atol=1e-5)
+        assert torch.allclose(values, want_values, atol=1e-5)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from kedit.methods._keys import SubjectPasses, key_texts, mean_keys
+from kedit.methods._keys import SubjectPasses, mean_keys, template_passes
 from kedit.methods._stats import StatsConfig, stats_for
 from kedit.methods._suffix import block_index
 from kedit.methods._templates import context_templates, flatten
@@ -164,7 +164,7 @@ class SpreadMethod(EditMethod):
         # the keys' texts, read again after each layer's update; no block below the lowest
         # edited one changes in this batch, so reads run from that block on
         first = block_index(model, paths[0])
-        key_passes = SubjectPasses(model, tok, key_texts(requests, templates), first)
+        key_reads = template_passes(model, tok, requests, templates, first)
         spread(
             model,
             tok,
@@ -176,9 +176,9 @@ class SpreadMethod(EditMethod):
             targets,
             self.share,
             solve,
-            key_passes,
+            key_reads,
         )
-        self.after_update(model, tok, requests, templates, paths, edit, key_passes)
+        self.after_update(model, tok, requests, templates, paths, edit, key_reads)
         edit.info.update(
             layers=len(paths),
             v_steps=max(v.steps for v in values),

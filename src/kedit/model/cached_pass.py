@@ -85,6 +85,59 @@ def _length_groups(rows: Sequence[Sequence[int]], budget: int) -> list[list[int]
     return groups
 
 
+class SharedHeads:
+    """Keys and values of the few token sequences that many rows start with (their *heads*: a
+    context template's tokens), computed once in one pass; each row takes its own by index.
+
+    ``heads`` gives each row's head (empty: none). Slots are left-padded to the longest head,
+    a row without a head has all its slots masked. ``plain`` says whether the model's cache
+    keeps every slot (no sliding window), which handing heads to rows needs."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        heads: Sequence[Sequence[int]],
+        pad_token: int,
+        device: torch.device,
+    ) -> None:
+        distinct = list(dict.fromkeys(tuple(h) for h in heads if h))
+        index = {d: k for k, d in enumerate(distinct)}
+        #: each row's head; the last, all masked, for rows without one
+        self.which = torch.tensor([index[tuple(h)] if h else len(distinct) for h in heads])
+        self.which = self.which.to(device)
+        self.cache, self.plain = None, True
+        self.argument = cache_argument(model)
+        mask = torch.zeros(1, 0, dtype=torch.long, device=device)
+        if distinct:
+            batch = _prefix_batch([list(d) for d in distinct], pad_token).to(device)
+            self.cache = prefix_cache(model, batch.model_inputs())
+            self.plain, mask = _plain(self.cache), batch.attention_mask
+        self.mask = torch.cat([mask, mask[:1] * 0])[self.which]  # (rows, head width)
+        self.width = self.mask.shape[1]
+
+    def rows(self, index: torch.Tensor) -> Any | None:
+        """A fresh cache with the heads of the rows ``index`` (None where no row has one)."""
+        if self.cache is None:
+            return None
+        which = self.which[index.to(self.which.device)]
+        keys, values = [], []
+        for layer in self.cache.layers:
+            keys.append(torch.cat([layer.keys, layer.keys[:1] * 0])[which])
+            values.append(torch.cat([layer.values, layer.values[:1] * 0])[which])
+        return _with_tensors(self.cache, keys, values)
+
+    def continuing(self, index: torch.Tensor, rest: Batch) -> dict[str, Any]:
+        """Forward inputs of the rows ``index``'s continuations ``rest`` after their heads."""
+        mask = self.mask[index.to(self.mask.device)]
+        inputs = {
+            "input_ids": rest.input_ids,
+            "attention_mask": torch.cat([mask, rest.attention_mask], -1),
+            "position_ids": mask.sum(-1, keepdim=True) + rest.position_ids,
+        }
+        cache = self.rows(index)
+        return inputs if cache is None else {**inputs, self.argument: cache}
+
+
 def prefix_keys_values(
     model: nn.Module,
     prefixes: Sequence[Sequence[int]],
@@ -104,59 +157,33 @@ def prefix_keys_values(
     budget = PREFIX_PASS_TOKENS.get(device.type, PREFIX_PASS_TOKENS["cpu"])
     n = len(prefixes)
     whole = _prefix_batch(prefixes, pad_token).to(device)
-    distinct = list(dict.fromkeys(tuple(p[:h]) for p, h in zip(prefixes, heads) if h))
     rests = [list(p[h:]) for p, h in zip(prefixes, heads)]
     groups = _length_groups(rests, budget)
-    if not distinct and len(groups) == 1:
+    if not any(heads) and len(groups) == 1:
         return prefix_cache(model, whole.model_inputs()), whole.attention_mask
-    head_mask = torch.zeros(n, 0, dtype=torch.long, device=device)
-    head_kv = None
-    if distinct:
-        batch = _prefix_batch([list(d) for d in distinct], pad_token).to(device)
-        shared = prefix_cache(model, batch.model_inputs())
-        if not _plain(shared):
-            return prefix_cache(model, whole.model_inputs()), whole.attention_mask
-        index = {d: k for k, d in enumerate(distinct)}
-        which = torch.tensor(  # each row's head; the last, all masked, for rows without one
-            [index[tuple(p[:h])] if h else len(distinct) for p, h in zip(prefixes, heads)],
-            device=device,
-        )
-        head_mask = torch.cat([batch.attention_mask, batch.attention_mask[:1] * 0])[which]
-        head_kv = [
-            [torch.cat([t, t[:1] * 0])[which] for t in (layer.keys, layer.values)]
-            for layer in shared.layers
-        ]  # per layer, (rows, kv heads, head width, head_dim) keys and values
+    shared = SharedHeads(model, [p[:h] for p, h in zip(prefixes, heads)], pad_token, device)
     rest = _prefix_batch(rests, pad_token).to(device)  # the rest's mask, over all rows
-    width, rest_width = head_mask.shape[1], rest.input_ids.shape[1]
+    width, rest_width = shared.width, rest.input_ids.shape[1]
     parts = []
     for group in groups:
-        rows = torch.tensor(group, device=device)
         batch = _prefix_batch([rests[r] for r in group], pad_token).to(device)
-        inputs = batch.model_inputs()
-        if head_kv is not None:
-            past = _with_tensors(shared, *zip(*[(k[rows], v[rows]) for k, v in head_kv]))
-            inputs = {
-                "input_ids": batch.input_ids,
-                "attention_mask": torch.cat([head_mask[rows], batch.attention_mask], -1),
-                "position_ids": head_mask[rows].sum(-1, keepdim=True) + batch.position_ids,
-                cache_argument(model): past,
-            }
-        parts.append(prefix_cache(model, inputs))
-        if not _plain(parts[-1]):
+        parts.append(prefix_cache(model, shared.continuing(torch.tensor(group), batch)))
+        if not (shared.plain and _plain(parts[-1])):
             return prefix_cache(model, whole.model_inputs()), whole.attention_mask
+    heads_kv = shared.rows(torch.arange(n))
     keys, values = [], []
     for k, layer in enumerate(parts[0].layers):
         for out, name in ((keys, "keys"), (values, "values")):
             first = getattr(layer, name)
             full = first.new_zeros(n, first.shape[1], width + rest_width, first.shape[3])
-            if head_kv is not None:
-                full[:, :, :width] = head_kv[k][name == "values"]
+            if heads_kv is not None:
+                full[:, :, :width] = getattr(heads_kv.layers[k], name)
             for part, group in zip(parts, groups):
                 tensor = getattr(part.layers[k], name)[:, :, width:]  # the rest's slots
                 rows = torch.tensor(group, device=device)
                 full[rows, :, width + rest_width - tensor.shape[2] :] = tensor
             out.append(full)
-    return _with_tensors(parts[0], keys, values), torch.cat([head_mask, rest.attention_mask], -1)
+    return _with_tensors(parts[0], keys, values), torch.cat([shared.mask, rest.attention_mask], -1)
 
 
 class PrefixCachedPass:
