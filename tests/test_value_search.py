@@ -10,7 +10,7 @@ from kedit.methods._value import ValueSearch, optimise_value, optimise_values
 from kedit.model import cached_pass
 from kedit.model.arch import get_module, layer_path
 from kedit.model.cached_pass import PrefixCachedPass
-from kedit.model.hooks import frozen
+from kedit.model.hooks import first_tensor, frozen, replace_first_tensor
 from kedit.model.tokens import encode, pad
 from kedit.types import EditRequest
 from tests.conftest import tiny_model
@@ -134,13 +134,14 @@ def plain_v_star(model, tok, request, templates, path, search):
     at = torch.tensor(rows.split)
     start, kl_start = None, None
 
-    def add(module, args, out):
+    def add(module, args, output):
         nonlocal start
+        out = first_tensor(output)
         if start is None:
             start = out[0, at[0]].detach().clone()
         out = out.clone()
         out[torch.arange(len(at)), at] += delta
-        return out
+        return replace_first_tensor(output, out)
 
     handle = get_module(model, path).register_forward_hook(add)
     optimiser = torch.optim.Adam([delta], lr=search.lr)
@@ -171,18 +172,34 @@ def plain_v_star(model, tok, request, templates, path, search):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_the_search_finds_what_a_plain_compute_v_finds(arch, tokenizer):
+@pytest.mark.parametrize("part", ["mlp_out", "block"])
+def test_the_search_finds_what_a_plain_compute_v_finds(arch, part, tokenizer, monkeypatch):
     """The batched, prefix-cached search with handed-on blocks and a KL row cut at its subject
-    gives the v* of a plain full-pass loop (the delta in block 1 of 3)."""
+    gives the v* of a plain full-pass loop (the delta in block 1 of 3: on its MLP's output, as
+    ROME's, or on the whole block's, as MEMIT's, where block 1 too runs on the first step
+    only)."""
     model = tiny_model(arch, blocks=3)
-    path = layer_path(model, "mlp_out", 1)
+    path = layer_path(model, part, 1)
     search = ValueSearch(6, 0.5, 0.5, 4.0, 0.0625)
+    calls = []
+    model.get_submodule(layer_path(model, "block", 1)).register_forward_hook(
+        lambda *_: calls.append(1)
+    )
+    passes = []
+    row_logits = PrefixCachedPass.row_logits
+    monkeypatch.setattr(
+        PrefixCachedPass, "row_logits", lambda *a: passes.append(1) or row_logits(*a)
+    )
     for request in REQUESTS[:2]:
         want, steps = plain_v_star(model, tokenizer, request, TEMPLATES, path, search)
+        calls.clear()
+        passes.clear()
         got = optimise_values(model, tokenizer, [request, REQUESTS[3]], TEMPLATES, path, search)
         assert got[0].steps == steps
         assert (got[0].target - want).norm() <= TOLERANCE * want.norm()
         assert (got[0].target - got[0].starts[0]).norm() > 1e-3 * want.norm()  # it moved
+        # the search's passes past the first step run block 1 only with the delta inside it
+        assert (len(calls) < len(passes)) == (part == "block")
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])

@@ -14,8 +14,9 @@ Passes run without a key-value cache (the stand-ins add none).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kedit.model.arch import arch_of, get_module
+from kedit.model.arch import arch_of, get_module, num_layers
 from kedit.model.hooks import Trace
 from kedit.model.lm import position_logits
 
@@ -100,18 +101,29 @@ class SuffixPass:
         return _same_logits(self.logits, full_logits, self.first)
 
 
+#: the blocks from which a model's loop took the stand-ins (checked once per model and block)
+_STAND_INS_TAKEN: weakref.WeakKeyDictionary[nn.Module, set[int]] = weakref.WeakKeyDictionary()
+
+
 class HandOn:
     """Passes of fixed batches, run again at every step of an optimisation that changes nothing
     below block ``first`` (the target-value search: its deltas are added in block ``first`` or
-    above). A batch's first run records block ``first``'s input; its later runs hand that on
-    past the blocks below (:func:`blocks_handed_on`), so each costs the blocks from ``first``
-    on. The first handed-on run is checked against the full run it repeats (as
-    :meth:`SuffixPass.matches`); where the model's loop does not take the stand-ins, every run
-    is a full one."""
+    above, or, with ``adds``, added by ``adds`` to block ``first - 1``'s output). A batch's
+    first run records block ``first``'s input; its later runs hand that on past the blocks
+    below (:func:`blocks_handed_on`), through ``adds`` where given, so each costs the blocks
+    from ``first`` on. The first handed-on run on a model is checked against the full run it
+    repeats (as :meth:`SuffixPass.matches`); where the model's loop does not take the
+    stand-ins, every run is a full one."""
 
-    def __init__(self, model: nn.Module, first: int) -> None:
-        self.model, self.first = model, first
-        self.enabled, self.checked = first > 0, False
+    def __init__(
+        self,
+        model: nn.Module,
+        first: int,
+        adds: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.model, self.first, self.adds = model, first, adds
+        self.enabled = first > 0
+        self.checked = first in _STAND_INS_TAKEN.get(model, set())
 
     def run(
         self, forward: Callable[[], torch.Tensor], recorded: torch.Tensor | None
@@ -120,7 +132,7 @@ class HandOn:
         if not self.enabled:
             return forward(), None
         if recorded is not None:
-            with blocks_handed_on(self.model, self.first, recorded):
+            with self._handed_on(recorded):
                 return forward(), recorded
         block = arch_of(self.model).path("block", self.first)
         with Trace(self.model, block, retain_input=True) as trace:
@@ -129,11 +141,29 @@ class HandOn:
             self.checked = True
 
             def handed_on() -> torch.Tensor:
-                with blocks_handed_on(self.model, self.first, trace.input):
+                with self._handed_on(trace.input):
                     return forward()
 
             self.enabled = _same_logits(handed_on, out, self.first)
+            if self.enabled:
+                _STAND_INS_TAKEN.setdefault(self.model, set()).add(self.first)
         return out, trace.input if self.enabled else None
+
+    def _handed_on(self, recorded: torch.Tensor) -> AbstractContextManager[None]:
+        hidden = recorded if self.adds is None else self.adds(recorded)
+        return blocks_handed_on(self.model, self.first, hidden)
+
+
+def delta_hand_on(
+    model: nn.Module, paths: Sequence[str], adds: Callable[[torch.Tensor], torch.Tensor]
+) -> HandOn:
+    """The :class:`HandOn` of a search whose deltas ``adds`` adds to the outputs of ``paths``:
+    blocks below the lowest one run once per batch; a delta on a whole block's output
+    (MEMIT's) leaves that block's output as it was but for the delta, so it too runs once."""
+    first = min(block_index(model, p) for p in paths)
+    if list(paths) == [arch_of(model).path("block", first)] and first + 1 < num_layers(model):
+        return HandOn(model, first + 1, adds)
+    return HandOn(model, first)
 
 
 def _same_logits(fast: Callable[[], torch.Tensor], full: torch.Tensor, first: int) -> bool:

@@ -29,7 +29,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kedit.config import MethodConfig
-from kedit.methods._suffix import HandOn, block_index
+from kedit.methods._suffix import delta_hand_on
 from kedit.methods._templates import SearchRows, search_rows
 from kedit.model.arch import get_module, text_config, weight_out_in
 from kedit.model.cached_pass import PrefixCachedPass
@@ -253,7 +253,7 @@ class _JointSearch:
         self.results: list[ValueResult | None] = [None] * n
         self.running: _RowPass | None = None  # the pass whose rows get their deltas
         self.capture = False  # read v_start on this pass
-        self.hand_on = HandOn(model, min(block_index(model, p) for p in paths))
+        self.hand_on = delta_hand_on(model, paths, self._adder(0))
 
     def run(self) -> list[ValueResult]:
         steps = self.search.steps
