@@ -6,11 +6,11 @@ Usage:
     python benchmarks/bench_scale.py ultraedit [--batch 100] [--batches 100] [--window 0|all]
 
 * ``search``: v* for a batch of CounterFact requests (MEMIT's configuration for the model),
-  searched together (``optimise_values``); the same search with the blocks below the delta run
-  at every step instead of once (as before stop 28); and, for the first ``--alone`` of them,
-  one request at a time as MEMIT's reference does (``optimise_value`` each): seconds per fact
-  of each in the same run, and how far each batched v* is from its one-at-a-time value
-  (relative L2 distance, and whether the steps taken agree).
+  searched together (``optimise_values``); the same search running every block at every step
+  (no blocks handed on: what that saves); and, for the first ``--alone`` of them, one request
+  at a time as MEMIT's reference does (``optimise_value`` each): seconds per fact of each in
+  the same run, and how far each batched v* is from its one-at-a-time value (relative L2
+  distance, and whether the steps taken agree).
 * ``memit`` / ``ultraedit``: ``--batches`` calls (UltraEdit's turns) of ``--batch`` facts each
   (CounterFact edit split, in order) applied one after another in one ``EditSession``: editing
   seconds per batch (median and all), the total, the session's restore data (with
@@ -47,8 +47,8 @@ def search(model, tok, env, batch: int, alone: int) -> dict:
     start = time.perf_counter()
     joint = optimise_values(model, tok, requests, templates, paths, cfg.search())
     joint_s = time.perf_counter() - start
-    # the same search running the blocks below the delta at every step (as before stop 28)
-    with patch.object(_value, "HandOn", lambda model, first: HandOn(model, 0)):
+    # the same search running every block at every step (no blocks handed on)
+    with patch.object(_value, "delta_hand_on", lambda model, paths, adds: HandOn(model, 0)):
         start = time.perf_counter()
         every_block = optimise_values(model, tok, requests, templates, paths, cfg.search())
         every_block_s = time.perf_counter() - start
