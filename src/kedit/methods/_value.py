@@ -10,11 +10,11 @@ rewriting prompt ``<context template> + prompt + target[:-1]`` and of the KL pro
            + weight_decay * ||delta|| / ||v_start||^2
 
 with the delta kept in an L2 ball of radius ``clamp_norm_factor * ||v_start||``. Weights are
-frozen, only the logits that predict target tokens are produced, and the blocks below the delta
-run once per batch (:class:`~kedit.methods._suffix.HandOn`). A batch's searches run together
-(:func:`optimise_values`): one padded forward and backward pass per step over every request
-still searching, each with its own delta, loss, clamp and stopping step; MEMIT's ``compute_z``
-runs them one after another, for the same result up to float noise.
+frozen, only the logits that predict target tokens are produced, and the blocks the delta cannot
+change run once per batch (:func:`~kedit.methods._suffix.delta_hand_on`). A batch's searches
+run together (:func:`optimise_values`): one padded forward and backward pass per step over every
+request still searching, each with its own delta, loss, clamp and stopping step; MEMIT's
+``compute_z`` runs them one after another, for the same result up to float noise.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class _RowPass:
         self.owner = torch.tensor([r.request for r in rows], device=device)  # (rows,)
         self.kl = torch.tensor([r.target_ids is None for r in rows], device=device)
         self.first = [k for k, r in enumerate(self.rows) if r.first]
-        self.lower: torch.Tensor | None = None  # the lowest delta's block input, once recorded
+        self.lower: torch.Tensor | None = None  # HandOn's recorded block input, once recorded
 
     def without(self, finished: Sequence[bool]) -> _RowPass | None:
         """This pass for the rows of requests that still search (``None`` if none does)."""
