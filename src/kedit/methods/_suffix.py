@@ -98,7 +98,7 @@ class SuffixPass:
     def matches(self, full_logits: torch.Tensor) -> bool:
         """Whether :meth:`logits` equals ``full_logits`` (a full pass of the same weights) up to
         float noise; False, too, where the model's loop does not take the stand-ins."""
-        return _same_logits(self.logits, full_logits, self.first)
+        return _same_output(self.logits, full_logits, self.first)
 
 
 #: the blocks from which a model's loop took the stand-ins (checked once per model and block)
@@ -144,7 +144,7 @@ class HandOn:
                 with self._handed_on(trace.input):
                     return forward()
 
-            self.enabled = _same_logits(handed_on, out, self.first)
+            self.enabled = _same_output(handed_on, out, self.first)
             if self.enabled:
                 _STAND_INS_TAKEN.setdefault(self.model, set()).add(self.first)
         return out, trace.input if self.enabled else None
@@ -166,9 +166,10 @@ def delta_hand_on(
     return HandOn(model, first)
 
 
-def _same_logits(fast: Callable[[], torch.Tensor], full: torch.Tensor, first: int) -> bool:
-    """Whether ``fast()`` (a pass with blocks below ``first`` handed on) equals ``full`` up to
-    float noise; False where the model's loop does not take the stand-ins."""
+def _same_output(fast: Callable[[], torch.Tensor], full: torch.Tensor, first: int) -> bool:
+    """Whether ``fast()`` (a pass with blocks below ``first`` handed on: logits, or a module's
+    output) equals ``full`` up to float noise; False where the model's loop does not take the
+    stand-ins."""
     try:
         with torch.no_grad():
             logits = fast().float()

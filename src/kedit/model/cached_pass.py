@@ -108,10 +108,15 @@ class SharedHeads:
         self.cache, self.plain = None, True
         self.argument = cache_argument(model)
         mask = torch.zeros(1, 0, dtype=torch.long, device=device)
+        self._kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, with the masked head
         if distinct:
             batch = _prefix_batch([list(d) for d in distinct], pad_token).to(device)
             self.cache = prefix_cache(model, batch.model_inputs())
             self.plain, mask = _plain(self.cache), batch.attention_mask
+            self._kv = [
+                (torch.cat([x.keys, x.keys[:1] * 0]), torch.cat([x.values, x.values[:1] * 0]))
+                for x in self.cache.layers
+            ]
         self.mask = torch.cat([mask, mask[:1] * 0])[self.which]  # (rows, head width)
         self.width = self.mask.shape[1]
 
@@ -120,10 +125,7 @@ class SharedHeads:
         if self.cache is None:
             return None
         which = self.which[index.to(self.which.device)]
-        keys, values = [], []
-        for layer in self.cache.layers:
-            keys.append(torch.cat([layer.keys, layer.keys[:1] * 0])[which])
-            values.append(torch.cat([layer.values, layer.values[:1] * 0])[which])
+        keys, values = zip(*[(k[which], v[which]) for k, v in self._kv])
         return _with_tensors(self.cache, keys, values)
 
     def continuing(self, index: torch.Tensor, rest: Batch) -> dict[str, Any]:
@@ -156,20 +158,27 @@ def prefix_keys_values(
     prefixes. Caches that drop slots (sliding windows) are computed in that one pass."""
     budget = PREFIX_PASS_TOKENS.get(device.type, PREFIX_PASS_TOKENS["cpu"])
     n = len(prefixes)
-    whole = _prefix_batch(prefixes, pad_token).to(device)
     rests = [list(p[h:]) for p, h in zip(prefixes, heads)]
     groups = _length_groups(rests, budget)
-    if not any(heads) and len(groups) == 1:
+
+    def one_pass() -> tuple[Any, torch.Tensor]:
+        whole = _prefix_batch(prefixes, pad_token).to(device)
         return prefix_cache(model, whole.model_inputs()), whole.attention_mask
+
+    if not any(heads) and len(groups) == 1:
+        return one_pass()
     shared = SharedHeads(model, [p[:h] for p, h in zip(prefixes, heads)], pad_token, device)
+    if not shared.plain:
+        return one_pass()
     rest = _prefix_batch(rests, pad_token).to(device)  # the rest's mask, over all rows
     width, rest_width = shared.width, rest.input_ids.shape[1]
+    index = [torch.tensor(group, device=device) for group in groups]
     parts = []
-    for group in groups:
+    for group, rows in zip(groups, index):
         batch = _prefix_batch([rests[r] for r in group], pad_token).to(device)
-        parts.append(prefix_cache(model, shared.continuing(torch.tensor(group), batch)))
-        if not (shared.plain and _plain(parts[-1])):
-            return prefix_cache(model, whole.model_inputs()), whole.attention_mask
+        parts.append(prefix_cache(model, shared.continuing(rows, batch)))
+        if not _plain(parts[-1]):
+            return one_pass()
     heads_kv = shared.rows(torch.arange(n))
     keys, values = [], []
     for k, layer in enumerate(parts[0].layers):
@@ -178,9 +187,8 @@ def prefix_keys_values(
             full = first.new_zeros(n, first.shape[1], width + rest_width, first.shape[3])
             if heads_kv is not None:
                 full[:, :, :width] = getattr(heads_kv.layers[k], name)
-            for part, group in zip(parts, groups):
+            for part, rows in zip(parts, index):
                 tensor = getattr(part.layers[k], name)[:, :, width:]  # the rest's slots
-                rows = torch.tensor(group, device=device)
                 full[rows, :, width + rest_width - tensor.shape[2] :] = tensor
             out.append(full)
     return _with_tensors(parts[0], keys, values), torch.cat([shared.mask, rest.attention_mask], -1)
