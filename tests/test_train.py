@@ -18,7 +18,7 @@ from kedit.methods import METHODS
 from kedit.model.lm import as_language_model
 from kedit.train import loop as train_loop
 from kedit.train import train_editor, training_data
-from tests.conftest import data_dir, tiny_model, train_tokenizer
+from tests.conftest import data_dir, tiny_model, train_tokenizer, trained_editor
 from tests.tiny_configs import tiny_config
 
 MEND = tiny_config("mend")
@@ -227,3 +227,18 @@ def test_kedit_train_then_edit_from_the_command_line(tmp_path, capsys):
 )
 def test_time_limits_read_as_seconds(text, seconds):
     assert duration_s(text) == seconds
+
+
+@pytest.mark.parametrize("name", ["mend", "ke", "malmen", "serac"])
+def test_every_panel_of_the_training_curve_draws_a_statistic_the_method_validates(name):
+    """SERAC validates no locality KL: its curve must not take the meta-learners' panels."""
+    folder = trained_editor(name, "llama")
+    curve = json.loads((folder / "checkpoint.json").read_text())["progress"]["curve"]
+    panels = METHODS[name].curve_panels
+    assert curve and len(panels) >= 2
+    for title, keys in panels:
+        for point in curve:
+            assert any(point["val"].get(key) is not None for key, _ in keys), (name, title)
+    if name == "serac":
+        titles = " ".join(title for title, _ in panels)
+        assert "scope classifier" in titles and "KL" not in titles

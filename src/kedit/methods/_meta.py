@@ -71,6 +71,11 @@ class MetaMethod(TrainedMethod):
 
     family = "meta-learning"
     config_cls: ClassVar[type[MetaConfig]] = MetaConfig
+    curve_panels = (
+        ("validation loss (cedit*NLL + cloc*KL)", (("loss", None),)),
+        ("edit token accuracy", (("edit_acc", None),)),
+        ("unrelated top-1 kept", (("loc_agree", None),)),
+    )
 
     @abstractmethod
     def shifts(

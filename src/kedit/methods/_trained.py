@@ -84,6 +84,12 @@ class TrainedMethod(EditMethod):
 
     config_cls: ClassVar[type[TrainedConfig]] = TrainedConfig
     needs_training = True
+    #: the panels of the validation curve drawn beside the editor: (title, ((statistic,
+    #: legend label), ...)), statistics as the objective's ``stats`` name them
+    curve_panels: ClassVar[tuple[tuple[str, tuple[tuple[str, str | None], ...]], ...]] = (
+        ("validation loss", (("loss", None),)),
+        ("edit token accuracy", (("edit_acc", None),)),
+    )
 
     def __init__(self, config: MethodConfig | None = None, env: Any = None) -> None:
         super().__init__(config, env)

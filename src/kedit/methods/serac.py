@@ -179,6 +179,14 @@ class SERAC(TrainedMethod):
     config_cls = SERACConfig
     supports_batch = True
     reads_context = True
+    curve_panels = (
+        ("validation loss (cedit*NLL + cloc*BCE)", (("loss", None),)),
+        ("counterfactual model: edit token accuracy", (("edit_acc", None),)),
+        (
+            "scope classifier accuracy",
+            (("cls_acc", "balanced"), ("cls_pos_acc", "in scope"), ("cls_neg_acc", "out of scope")),
+        ),
+    )
 
     def build_editor(self, model: nn.Module) -> SERACEditor:
         editor = SERACEditor(hf_module(model), self.config)

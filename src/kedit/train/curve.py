@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +11,18 @@ from kedit.figures import new_figure, png_bytes
 
 log = logging.getLogger(__name__)
 
-#: validation statistics drawn, with their axis labels
-PANELS = (
-    ("loss", "validation loss (cedit*NLL + cloc*KL)"),
-    ("edit_acc", "edit token accuracy"),
-    ("loc_agree", "unrelated top-1 kept"),
-)
+#: a panel: its title and the validation statistics drawn in it, each with its legend label
+#: (None: no legend); each trained method names its own (``TrainedMethod.curve_panels``)
+Panel = tuple[str, tuple[tuple[str, str | None], ...]]
 
 
-def write_curve(folder: Path, title: str, curve: list[dict[str, Any]], best_step: int) -> None:
+def write_curve(
+    folder: Path,
+    title: str,
+    curve: list[dict[str, Any]],
+    best_step: int,
+    panels: Sequence[Panel],
+) -> None:
     """``folder/curve.png``; without matplotlib (``kedit[report]``) a note in the log."""
     try:
         fig = new_figure(9.0, 2.8)
@@ -26,12 +30,16 @@ def write_curve(folder: Path, title: str, curve: list[dict[str, Any]], best_step
         log.warning("no training curve drawn: %s", err)
         return
     steps = [point["step"] for point in curve]
-    axes = fig.subplots(1, len(PANELS))
-    for ax, (key, label) in zip(axes, PANELS):
-        values = [point["val"].get(key) for point in curve]
-        shown = [(s, v) for s, v in zip(steps, values) if v is not None]
-        if shown:
-            ax.plot([s for s, _ in shown], [v for _, v in shown], marker="o", markersize=3)
+    axes = fig.subplots(1, len(panels))
+    for ax, (label, keys) in zip(axes, panels):
+        for key, legend in keys:
+            values = [point["val"].get(key) for point in curve]
+            shown = [(s, v) for s, v in zip(steps, values) if v is not None]
+            if shown:
+                xs, ys = [s for s, _ in shown], [v for _, v in shown]
+                ax.plot(xs, ys, marker="o", markersize=3, label=legend)
+        if any(legend for _, legend in keys):
+            ax.legend(fontsize=7)
         ax.axvline(best_step, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("training step")
         ax.set_title(label, fontsize=9)

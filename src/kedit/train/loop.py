@@ -123,14 +123,22 @@ def train_editor(
                 )
                 running = {}
                 if time.perf_counter() - drawn > CURVE_EVERY_S:  # seconds a draw costs, not more
-                    write_curve(folder, method.display_name, progress.curve, progress.best_step)
+                    write_curve(
+                        folder,
+                        method.display_name,
+                        progress.curve,
+                        progress.best_step,
+                        method.curve_panels,
+                    )
                     drawn = time.perf_counter()
                 # a validation that ends past the limit ends the run: the state is saved, and
                 # one more step would cost another validation
                 out_of_time = past(time_limit_s, this_run)
     bar.close()
     if progress.curve:
-        write_curve(folder, method.display_name, progress.curve, progress.best_step)
+        write_curve(
+            folder, method.display_name, progress.curve, progress.best_step, method.curve_panels
+        )
     best = next((p["val"] for p in progress.curve if p["step"] == progress.best_step), {})
     return TrainResult(
         folder,
