@@ -14,7 +14,7 @@ from kedit.bench.sweep import SWEEP_MEASURES, SweepAnalysis, correlation_sentenc
 from kedit.bench.tables import HeadlineTable, headline_groups, headline_table
 from kedit.eval.evaluate import EvalReport
 from kedit.eval.metric import resolve_metrics
-from kedit.formatting import MISSING, format_duration, format_interval
+from kedit.formatting import MISSING, format_duration, format_interval, format_trace
 from kedit.formatting import format_value as _fmt
 from kedit.methods import METHODS
 
@@ -189,6 +189,10 @@ def format_report_card(report: EvalReport) -> str:
     sample = details.get("generation_sample")
     if sample:
         out.append(f"\nsampled text after the edit:\n  {sample['post'][:300]!r}")
+    for entry in details.get("answer_traces", []):
+        kinds = ", ".join(entry["kinds"])
+        out.append(f"\nhow the edited model answered {entry['prompt'][-120:]!r} ({kinds}):")
+        out += ["  " + line for line in format_trace(entry["trace"])]
     out.append(
         f"\nedit time {_fmt(row.get('edit_time_s'))} s; the benchmark measures (portability, "
         "conflicts, distortion) run with kedit eval --suite pitfalls"

@@ -1,8 +1,10 @@
-"""How kedit prints numbers, in the console, the report and the findings alike."""
+"""How kedit prints numbers (and answer traces), in the console, the report and the findings
+alike."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 #: what a missing value prints as
 MISSING = "–"
@@ -37,3 +39,41 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+#: the keys of an answer trace that sum up how its answer came about, where the method has them
+#: (SERAC: which model answered; MeLLo, DeepEdit: where the answer came from, why the loop ended)
+TRACE_OUTCOME_KEYS = ("answered_by", "answer_from", "stopped")
+
+
+def trace_outcome(trace: dict[str, Any]) -> str:
+    """One line for how a traced answer came about, e.g. ``answer_from memory; stopped final
+    answer`` (a missing value reads ``none``)."""
+    parts = [
+        f"{k} {trace[k] if trace[k] is not None else 'none'}"
+        for k in TRACE_OUTCOME_KEYS
+        if k in trace
+    ]
+    return "; ".join(parts)
+
+
+def format_trace(trace: dict[str, Any], width: int = 160) -> list[str]:
+    """An answer trace as lines: the method, the answer and its outcome, the other scalar
+    fields, then each step of its lists (MeLLo's hops, DeepEdit's path) on its own line, every
+    line cut to ``width`` characters."""
+    scalars = {k: v for k, v in trace.items() if not isinstance(v, (list, dict))}
+    head = f"{scalars.pop('method', 'trace')}:"
+    if "answer" in scalars:
+        head += f" answer {scalars.pop('answer')!r}"
+    outcome = trace_outcome(trace)
+    lines = [head + (f" ({outcome})" if outcome else "")]
+    rest = {k: v for k, v in scalars.items() if k not in TRACE_OUTCOME_KEYS}
+    if rest:
+        lines.append("  " + "; ".join(f"{k}: {v}" for k, v in rest.items()))
+    for key, value in trace.items():
+        if isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
+            lines += [
+                f"  {key}[{i}] " + "; ".join(f"{k}: {v}" for k, v in x.items())
+                for i, x in enumerate(value)
+            ]
+    return [line if len(line) <= width else line[: width - 3] + "..." for line in lines]

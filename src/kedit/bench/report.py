@@ -23,6 +23,7 @@ from kedit.bench.findings import Finding, evaluate_claims
 from kedit.bench.plots import alt_text, plot_png
 from kedit.bench.report_findings import findings_section
 from kedit.bench.report_sweep import sweep_section
+from kedit.bench.report_traces import traces_section
 from kedit.bench.summary import BenchSummary
 from kedit.bench.tables import (
     HeadlineRow,
@@ -97,6 +98,7 @@ def render_report(summary: BenchSummary, findings: list[Finding]) -> str:
         parts.append(_scenario_section(scenario_table(summary, scenario)))
     parts.append(_curves(summary))
     parts.append(sweep_section(summary))
+    parts.append(traces_section(summary))
     parts.append(_costs(summary))
     parts.append(findings_section(summary, findings))
     parts.append(_skipped(summary))

@@ -23,13 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kedit.bench.details import answer_traces, case_traces, general_results
 from kedit.bench.plan import BASELINE_JOB
 from kedit.bench.store import BenchStore
 from kedit.eval.formulas.uncertainty import Estimate
 from kedit.eval.general.task import task_estimate
 from kedit.eval.metric import GENERAL_GROUP
 from kedit.eval.protocol_text import order_key
-from kedit.eval.rows import GENERAL_CASE, CaseRow, MeasureRow
+from kedit.eval.rows import CaseRow, MeasureRow
 from kedit.eval.summary import Costs, MeasureMean, case_costs, measure_means
 
 #: the measure that stands for a group in headlines and decay curves: the first one present
@@ -102,28 +103,6 @@ def _means(by_job: dict[str, list[MeasureRow]]) -> dict[tuple[str, int, str], Me
     }
 
 
-def general_results(cases: Iterable[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
-    """(job, checkpoint) -> the general-ability task results (with their per-example samples)
-    stored in the general pseudo-case's details."""
-    out = {}
-    for row in cases:
-        details = row.get("details") or {}
-        if row["case_id"] == GENERAL_CASE and details.get("general"):
-            out[(row["job_id"], int(row["checkpoint"]))] = details["general"]
-    return out
-
-
-def case_traces(cases: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """job -> case -> the case's causal trace on the unedited model, which a layer sweep keeps
-    in its case rows' details (the same at every value)."""
-    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for row in cases:
-        trace = (row.get("details") or {}).get("trace")
-        if trace is not None:
-            out[row["job_id"]].setdefault(row["case_id"], trace)
-    return dict(out)
-
-
 # -- jobs and the summary ----------------------------------------------------------------------
 
 
@@ -183,6 +162,8 @@ class BenchSummary:
     general_detail: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     #: job -> case -> its causal trace on the unedited model (layer sweeps)
     traces: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: job -> how the edited model answered each prompt (:func:`answer_traces`)
+    answer_traces: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _by_job: dict[str, list[MeasureMean]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -220,6 +201,7 @@ class BenchSummary:
             rows=dict(rows),
             general_detail=general_results(cases),
             traces=case_traces(cases),
+            answer_traces=answer_traces(cases),
         )
 
     @classmethod

@@ -48,7 +48,8 @@ def case_measures(
 def case_details(results: list[ProbeResult]) -> dict[str, Any]:
     """What a case's numbers alone do not show: for dialogue probes, the turns and outcomes; the
     first sampled text about the subject (fluency), before and after; for a method that routes,
-    whether its added part fired on each probe (by probe kind, in probe order)."""
+    whether its added part fired on each probe (by probe kind, in probe order); for one that
+    answers through steps of its own, the trace of each prompt (:func:`edited_traces`)."""
     details: dict[str, Any] = {}
     routed: dict[str, list[bool]] = {}
     for r in results:
@@ -62,7 +63,24 @@ def case_details(results: list[ProbeResult]) -> dict[str, Any]:
     sampled = next((r for r in results if r.post.text is not None), None)
     if sampled is not None:
         details["generation_sample"] = {"pre": sampled.pre.text, "post": sampled.post.text}
+    traces = edited_traces(results)
+    if traces:
+        details["answer_traces"] = traces
     return details
+
+
+def edited_traces(results: list[ProbeResult]) -> list[dict[str, Any]]:
+    """For a model that answers through steps of its own (MeLLo, DeepEdit, SERAC), how the
+    edited model answered each distinct prompt, with the kinds of the probes that asked it."""
+    by_prompt: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if r.post.trace is not None:
+            entry = by_prompt.setdefault(
+                r.probe.prompt, {"prompt": r.probe.prompt, "kinds": [], "trace": r.post.trace}
+            )
+            if str(r.probe.kind) not in entry["kinds"]:
+                entry["kinds"].append(str(r.probe.kind))
+    return list(by_prompt.values())
 
 
 def requests_of(cases: Sequence[EditCase]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import TypeVar
 import torch
 
 from kedit.eval.formulas.mquake import normalize_answer
-from kedit.model.lm import LanguageModel, RoutingModel, TargetScore
+from kedit.model.lm import LanguageModel, RoutingModel, TargetScore, TracingModel
 from kedit.model.tokens import encode
 from kedit.types import EditCase, Probe
 
@@ -48,6 +48,7 @@ class ProbeScore:
     answer: str | None = None  # dialogue: the model's own first answer
     reply: str | None = None  # dialogue: its reply to the follow-up turn
     routed: bool | None = None  # whether an added part fired (a RoutingModel only)
+    trace: dict | None = None  # how the answer came about (a TracingModel only)
 
 
 @dataclass
@@ -119,6 +120,7 @@ def score_probes(
     _sample_texts(lm, [(s, p) for s, p in jobs if p.kind in needs.text], seed)
     _dialogues(lm, [(s, p) for s, p in jobs if p.kind in needs.dialogue])
     _routing(lm, [(s, p) for s, p in jobs if p.kind in needs.routing])
+    _traces(lm, jobs)
 
 
 def _score_targets(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]], needs: Needs) -> None:
@@ -194,6 +196,14 @@ def _routing(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]]) -> None:
     fired = lm.routed(distinct)
     for (score, _), i in zip(jobs, where):
         score.routed = fired[i]
+
+
+def _traces(lm: LanguageModel, jobs: list[tuple[ProbeScore, Probe]]) -> None:
+    """How a model that answers through steps of its own answered each probe's prompt (read
+    after every measurement, which is what ran the steps)."""
+    if isinstance(lm, TracingModel):
+        for score, probe in jobs:
+            score.trace = lm.trace(probe.prompt)
 
 
 def rome_text(text: str) -> str:

@@ -239,6 +239,10 @@ class ReasoningLM:
                 self.summary["answers_from_memory"] += outcome.trace.get("answer_from") == "memory"
         return [self._outcomes[p] for p in prompts]
 
+    def trace(self, prompt: str) -> dict[str, Any] | None:
+        """How the pipeline answered ``prompt`` (a :class:`~kedit.model.lm.TracingModel`)."""
+        return self.traces.get(prompt)
+
     def score_targets(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
         transcripts = [o.transcript for o in self.outcomes(prompts)]
         return self.lm.score_targets(transcripts, targets)

@@ -111,7 +111,7 @@ class EditMemory:
 class SERACLM:
     """The edited model: each prompt in an edit's scope goes to the counterfactual model after
     that edit, any other to the base model (a :class:`~kedit.model.lm.LanguageModel` and
-    :class:`~kedit.model.lm.RoutingModel`)."""
+    :class:`~kedit.model.lm.RoutingModel` and :class:`~kedit.model.lm.TracingModel`)."""
 
     def __init__(
         self,
@@ -130,22 +130,37 @@ class SERACLM:
         self.counterfactual = HFLanguageModel(counterfactual, tok)
         self.facts = tuple(facts)
         self.keys = keys
-        self._scopes: dict[str, tuple[int | None, float]] = {}
+        self._nearest: dict[str, tuple[int, float]] = {}  # prompt -> nearest edit, its sim
 
     @torch.no_grad()
     def scope(self, prompts: Sequence[str]) -> list[tuple[int | None, float]]:
         """Per prompt: the nearest edit's index when in scope (else None), and its ``sim``."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._scopes))
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._nearest))
         if missing:
             queries = self.classifier.embed(missing, self.tokenizer)  # (n, dim)
             sims, nearest = self.classifier.logsim_matrix(self.keys, queries).exp().max(-1)
             for prompt, sim, index in zip(missing, sims.tolist(), nearest.tolist()):
-                self._scopes[prompt] = (index if sim > IN_SCOPE else None, sim)
-        return [self._scopes[p] for p in prompts]
+                self._nearest[prompt] = (index, sim)
+        found = [self._nearest[p] for p in prompts]
+        return [(index if sim > IN_SCOPE else None, sim) for index, sim in found]
 
     def routed(self, prompts: Sequence[str]) -> list[bool]:
         """Whether the counterfactual model answers each prompt."""
         return [index is not None for index, _ in self.scope(prompts)]
+
+    def trace(self, prompt: str) -> dict[str, Any] | None:
+        """Which model answered ``prompt``, and the nearest edit with its scope probability."""
+        if prompt not in self._nearest:
+            return None
+        index, sim = self._nearest[prompt]
+        nearest = self.facts[index]
+        return {
+            "method": "serac",
+            "answered_by": "counterfactual" if sim > IN_SCOPE else "base",
+            "nearest_edit": f"{nearest.text} {nearest.target_new}",
+            "scope_probability": round(sim, 4),
+            "in_scope_above": IN_SCOPE,
+        }
 
     def _split(self, prompts: Sequence[str]) -> tuple[list[int], list[str], list[int]]:
         """Rows for the counterfactual model with their inputs, and rows for the base."""

@@ -95,6 +95,17 @@ class RoutingModel(Protocol):
         ...
 
 
+@runtime_checkable
+class TracingModel(Protocol):
+    """A model that answers through steps of its own (MeLLo's subquestions and retrieved facts,
+    DeepEdit's search, SERAC's scope classifier): for each prompt it was asked, a record of
+    why the answer came out as it did, which the evaluation keeps in the case's details."""
+
+    def trace(self, prompt: str) -> dict[str, Any] | None:
+        """The JSON-safe record of how ``prompt`` was answered; None if it was not asked."""
+        ...
+
+
 def hf_module(model: Any) -> nn.Module:
     """The Hugging Face model inside ``model`` (itself, or the model a wrapper wraps)."""
     while not isinstance(model, nn.Module):
