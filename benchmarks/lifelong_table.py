@@ -114,6 +114,9 @@ def markdown(rows: list[dict], tasks: list[str]) -> str:
             routed,
         ]
         for t in tasks:
+            if t not in r:  # a bench that did not measure this task
+                cells.append(MISSING)
+                continue
             relative = r[t + "_change_is_relative"]
             change = fmt_change(r[t + "_change"], relative)
             cells.append(f"{fmt(r[t], 1 if relative else 3)} ({change})")
@@ -130,8 +133,9 @@ def main() -> None:
     rows, unedited, tasks, findings = [], {}, [], {}
     for bench in args.benches:
         summary = BenchSummary.load(bench)
-        tasks = sorted(summary.baseline_general())
-        unedited.update({t: figure(summary.estimate(BASELINE_JOB, 0, t)) for t in tasks})
+        own = sorted(summary.baseline_general())
+        tasks = sorted(set(tasks) | set(own))  # every bench's tasks, not the last one's
+        unedited.update({t: figure(summary.estimate(BASELINE_JOB, 0, t)) for t in own})
         for job in summary.jobs.values():
             if job.job_id != BASELINE_JOB and job.scenario.startswith("sequential"):
                 rows.extend(job_table(summary, job.job_id, Path(bench).name))
