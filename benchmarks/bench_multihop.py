@@ -8,8 +8,8 @@ Usage: python benchmarks/bench_multihop.py [--cases 50] [--methods mello,deepedi
    restored after it; suite ``pitfalls``, which on MQuAKE is its four measures; no general
    ability) on the first ``--cases`` MQuAKE cases, into the bench folder ``--store``: one case
    is stored as it finishes, so a killed run resumes where it stopped when run again (on one
-   CPU thread the 50 cases took about 40 min for MeLLo, 30 for DeepEdit, 15 for ROME and
-   10 for MEMIT). Per method, unedited (``pre``) and edited
+   CPU thread the 50 cases took about 35 min for MeLLo, 30 for DeepEdit, 20 for ROME and
+   15 for MEMIT). Per method, unedited (``pre``) and edited
    (``post``) with 95% bootstrap intervals: multi-hop accuracy (any of the case's three
    questions answered with the new answer), multi-hop original accuracy (any still answered with
    the old one), edit-wise success (the edited facts recalled by their cloze statements) and
