@@ -152,11 +152,11 @@ class SERACLM:
         """Which model answered ``prompt``, and the nearest edit with its scope probability."""
         if prompt not in self._nearest:
             return None
-        index, sim = self._nearest[prompt]
-        nearest = self.facts[index]
+        ((routed, sim),) = self.scope([prompt])
+        nearest = self.facts[self._nearest[prompt][0]]
         return {
             "method": "serac",
-            "answered_by": "counterfactual" if sim > IN_SCOPE else "base",
+            "answered_by": "base" if routed is None else "counterfactual",
             "nearest_edit": f"{nearest.text} {nearest.target_new}",
             "scope_probability": round(sim, 4),
             "in_scope_above": IN_SCOPE,

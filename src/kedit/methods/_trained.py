@@ -79,14 +79,19 @@ class TrainedConfig(MethodConfig):
         return {k: v for k, v in self.to_dict().items() if k not in self.NOT_KEY}
 
 
+#: a panel of a training curve: its title and the validation statistics drawn in it, each with
+#: its legend label (None: no legend)
+CurvePanel = tuple[str, tuple[tuple[str, str | None], ...]]
+
+
 class TrainedMethod(EditMethod):
     """Base of the methods that need a trained part before they can edit."""
 
     config_cls: ClassVar[type[TrainedConfig]] = TrainedConfig
     needs_training = True
-    #: the panels of the validation curve drawn beside the editor: (title, ((statistic,
-    #: legend label), ...)), statistics as the objective's ``stats`` name them
-    curve_panels: ClassVar[tuple[tuple[str, tuple[tuple[str, str | None], ...]], ...]] = (
+    #: the panels of the validation curve drawn beside the editor (statistics as the
+    #: objective's ``stats`` name them)
+    curve_panels: ClassVar[tuple[CurvePanel, ...]] = (
         ("validation loss", (("loss", None),)),
         ("edit token accuracy", (("edit_acc", None),)),
     )

@@ -99,7 +99,9 @@ class RoutingModel(Protocol):
 class TracingModel(Protocol):
     """A model that answers through steps of its own (MeLLo's subquestions and retrieved facts,
     DeepEdit's search, SERAC's scope classifier): for each prompt it was asked, a record of
-    why the answer came out as it did, which the evaluation keeps in the case's details."""
+    why the answer came out as it did, which the evaluation keeps in the case's details. Where
+    they apply, the keys ``answered_by``, ``answer_from`` and ``stopped`` sum it up (what the
+    report counts: ``kedit.formatting.TRACE_OUTCOME_KEYS``)."""
 
     def trace(self, prompt: str) -> dict[str, Any] | None:
         """The JSON-safe record of how ``prompt`` was answered; None if it was not asked."""

@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from kedit.figures import new_figure, png_bytes
+from kedit.methods._trained import CurvePanel
 
 log = logging.getLogger(__name__)
-
-#: a panel: its title and the validation statistics drawn in it, each with its legend label
-#: (None: no legend); each trained method names its own (``TrainedMethod.curve_panels``)
-Panel = tuple[str, tuple[tuple[str, str | None], ...]]
 
 
 def write_curve(
@@ -21,7 +18,7 @@ def write_curve(
     title: str,
     curve: list[dict[str, Any]],
     best_step: int,
-    panels: Sequence[Panel],
+    panels: Sequence[CurvePanel],
 ) -> None:
     """``folder/curve.png``; without matplotlib (``kedit[report]``) a note in the log."""
     try:
