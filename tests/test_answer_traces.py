@@ -133,3 +133,14 @@ def test_the_audit_card_says_how_serac_answered_each_prompt(tokenizer, env):
     assert f"how the edited model answered {REQUEST.text!r} (rewrite" in card
     assert "serac: (answered_by counterfactual)" in card
     assert "(answered_by base)" in card  # the written neighbours and unrelated prompts
+
+
+def test_a_step_on_two_lists_is_printed_once_and_named_after():
+    taken = {"depth": 0, "step": "Paris is in France.", "taken": "answer"}
+    dropped = {"depth": 0, "step": "Paris is in Italy.", "taken": "nothing (empty step)"}
+    trace = {"method": "deepedit", "answer": "France", "path": [taken], "log": [dropped, taken]}
+    lines = format_trace(trace, width=400)
+    assert lines[1] == "  path[0] depth: 0; step: Paris is in France.; taken: answer"
+    assert lines[2].startswith("  log[0] depth: 0; step: Paris is in Italy.")
+    assert lines[3] == "  log[1] = path[0]"
+    assert len(lines) == 4

@@ -59,8 +59,9 @@ def trace_outcome(trace: dict[str, Any]) -> str:
 
 def format_trace(trace: dict[str, Any], width: int = 160) -> list[str]:
     """An answer trace as lines: the method, the answer and its outcome, the other scalar
-    fields, then each step of its lists (MeLLo's hops, DeepEdit's path) on its own line, every
-    line cut to ``width`` characters."""
+    fields, then each step of its lists (MeLLo's hops, DeepEdit's path and log) on its own line,
+    every line cut to ``width`` characters. A step already shown under an earlier list (each of
+    DeepEdit's path steps is also in its log) is named, not printed again."""
     scalars = {k: v for k, v in trace.items() if not isinstance(v, (list, dict))}
     head = f"{scalars.pop('method', 'trace')}:"
     if "answer" in scalars:
@@ -70,10 +71,15 @@ def format_trace(trace: dict[str, Any], width: int = 160) -> list[str]:
     rest = {k: v for k, v in scalars.items() if k not in TRACE_OUTCOME_KEYS}
     if rest:
         lines.append("  " + "; ".join(f"{k}: {v}" for k, v in rest.items()))
+    shown: list[tuple[dict[str, Any], str]] = []  # (step, where it was printed)
     for key, value in trace.items():
-        if isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
-            lines += [
-                f"  {key}[{i}] " + "; ".join(f"{k}: {v}" for k, v in x.items())
-                for i, x in enumerate(value)
-            ]
+        if not (isinstance(value, list) and value and all(isinstance(x, dict) for x in value)):
+            continue
+        for i, step in enumerate(value):
+            earlier = next((where for seen, where in shown if seen == step), None)
+            if earlier is not None:
+                lines.append(f"  {key}[{i}] = {earlier}")
+                continue
+            lines.append(f"  {key}[{i}] " + "; ".join(f"{k}: {v}" for k, v in step.items()))
+            shown.append((step, f"{key}[{i}]"))
     return [line if len(line) <= width else line[: width - 3] + "..." for line in lines]
