@@ -122,6 +122,10 @@ def test_wikitext_selection_and_perplexity_on_real_data(tokenizer):
     assert result["n"] == 2 and result["n_tokens"] <= 2 * 255
     assert 1 < result["score"] < math.inf and result["metric"] == "perplexity"
     assert "test.txt" in result["protocol"]
+    # the protocol names the headline it gives: the token-weighted corpus perplexity, not the
+    # mean of per-paragraph perplexities (that is the "mean" field)
+    assert result["score"] == result["corpus"] != result["mean"]
+    assert "token-weighted" in result["protocol"] and "'mean' field" in result["protocol"]
 
 
 # -- downstream ---------------------------------------------------------------------------------

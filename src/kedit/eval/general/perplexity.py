@@ -149,9 +149,10 @@ class PerplexityTask:
 
     def protocol(self, n: int) -> str:
         return (
-            f"{self.name} perplexity: mean over the first {n} paragraphs of {self.relpath} "
-            f"(non-heading, >= 2 words, cut to {self.max_tokens} tokens) of exp(mean NLL of "
-            "the tokens after the first word, given it); ME-PPL / Yang et al. 2024"
+            f"{self.name} perplexity: exp(summed NLL / token count) over the first {n} "
+            f"paragraphs of {self.relpath} (non-heading, >= 2 words, cut to {self.max_tokens} "
+            "tokens; the tokens after the first word, given it), token-weighted; ME-PPL's mean "
+            "of per-paragraph perplexities is the 'mean' field"
         )
 
     def evaluate(
