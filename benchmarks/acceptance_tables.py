@@ -194,10 +194,13 @@ def _ci(interval: list[float] | None) -> str:
 
 
 def sentence(entry: dict) -> str:
-    job, checkpoint, measure = entry["job"], entry["checkpoint"], entry["measure"]
-    method, scenario = job.split("/", 1)
-    where = "single edits" if scenario == "single" else f"{checkpoint} sequential edits"
-    causes = "; ".join(CHANGES[c] for c in METHOD_CHANGES.get(method, ())) or "no change named"
+    """One moved number: where, what, before -> after and its paired change or sample."""
+    checkpoint, measure = entry["checkpoint"], entry["measure"]
+    scenario = entry["job"].split("/", 1)[1]
+    if scenario == "single":
+        where = "single edits"
+    else:
+        where = f"{checkpoint} sequential edit{'s' if checkpoint != 1 else ''}"
     if "change" in entry:
         how = (
             f"{_fmt(entry['before'])} -> {_fmt(entry['after'])} (paired change "
@@ -210,7 +213,27 @@ def sentence(entry: dict) -> str:
             f"first {entry['before_n']} examples ({_fmt(entry['after'])}{_ci(entry['after_ci'])}"
             f" on all {entry['n']})"
         )
-    return f"{method} after {where}, {measure}: {how}. Changes that touch it: {causes}."
+    return f"After {where}, {measure} moved {how}."
+
+
+def moved_sections(entries: list[dict]) -> list[str]:
+    """The moved numbers by method: the changes that touch the method once, then a sentence
+    per number."""
+    by_method: dict[str, list[str]] = defaultdict(list)
+    for entry in entries:
+        if moved(entry):
+            by_method[entry["job"].split("/", 1)[0]].append(sentence(entry))
+    lines = [f"## Numbers that moved ({sum(map(len, by_method.values()))})", ""]
+    for method, sentences in sorted(by_method.items()):
+        causes = "; ".join(CHANGES[c] for c in METHOD_CHANGES.get(method, ()))
+        lines += [
+            f"### {method}: {len(sentences)}",
+            "",
+            f"Changes that touch it: {causes or 'none named'}.",
+            "",
+        ]
+        lines += [f"- {s}" for s in sentences] + [""]
+    return lines
 
 
 def verdicts(folder: Path) -> list[dict]:
@@ -251,9 +274,7 @@ def markdown(cases: list[dict], general: list[dict], claims: list[dict]) -> str:
         )
     lines += ["", "## The survey's claims (after)", ""]
     lines += [f"- {c['claim']}: **{c['verdict']}**. {c['sentence']}" for c in claims]
-    moves = [sentence(e) for e in cases + general if moved(e)]
-    lines += ["", f"## Numbers that moved ({len(moves)})", ""]
-    lines += [f"- {s}" for s in moves] or ["- none"]
+    lines += ["", *moved_sections(cases + general)]
     return "\n".join(lines) + "\n"
 
 
