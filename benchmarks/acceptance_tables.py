@@ -40,7 +40,7 @@ from kedit.bench.findings import evaluate_claims
 from kedit.bench.store import BenchStore
 from kedit.bench.summary import BenchSummary
 from kedit.eval.formulas.uncertainty import estimate
-from kedit.eval.general.task import GENERAL_TASKS
+from kedit.eval.general.task import GENERAL_TASKS, change_estimate
 
 #: the measures shown in the tables (every measure is in the JSON)
 SHOWN = (
@@ -144,9 +144,12 @@ def case_table(before: dict, after: dict) -> list[dict]:
 
 
 def general_table(store: BenchStore, before: dict) -> list[dict]:
-    """One entry per (job, checkpoint, task) of the after bench's general ability."""
+    """One entry per (job, checkpoint, task) of the after bench's general ability, with its
+    change from the unedited model (paired over the same examples)."""
     entries = []
-    for (job, checkpoint), tasks in sorted(general_results(store.cases()).items()):
+    results = general_results(store.cases())
+    unedited = next((r for (job, _), r in results.items() if job.startswith("unedited/")), {})
+    for (job, checkpoint), tasks in sorted(results.items()):
         for task, result in sorted(tasks.items()):
             spec = GENERAL_TASKS[task]
             n, statistic = spec.statistic(result["samples"])
@@ -158,6 +161,10 @@ def general_table(store: BenchStore, before: dict) -> list[dict]:
                 "after_ci": _interval(estimate(statistic, n, spec.unit)),
                 "n": n,
             }
+            base = unedited.get(task)
+            found = change_estimate(task, base, result) if base and base is not result else None
+            if found is not None:
+                entry |= {"from_unedited": found.value, "from_unedited_ci": _interval(found)}
             old = before.get((job, checkpoint, task))
             if old is not None and old[1] <= n:
                 first = np.arange(old[1])[None]  # (1, N): the first N examples
@@ -191,6 +198,14 @@ def _fmt(value: float | None) -> str:
 
 def _ci(interval: list[float] | None) -> str:
     return "" if interval is None else f" [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+
+def _change(task: str, value: float, interval: list[float] | None) -> str:
+    """A change from the unedited model: a difference, or a relative change for perplexity."""
+    if GENERAL_TASKS[task].metric == "perplexity":
+        low, high = interval or (value, value)
+        return f"{value:+.1%} [{low:+.1%}, {high:+.1%}]"
+    return f"{value:+.3f}{_ci(interval)}"
 
 
 def sentence(entry: dict) -> str:
@@ -262,15 +277,21 @@ def markdown(cases: list[dict], general: list[dict], claims: list[dict]) -> str:
         )
     lines += ["", "## General ability", ""]
     lines += [
-        "| job | checkpoint | task | before (n) | after on the same examples | after, all (n) |",
-        "|---|---|---|---|---|---|",
+        "| job | checkpoint | task | before (n) | after on the same examples | after, all (n) "
+        "| change from unedited |",
+        "|---|---|---|---|---|---|---|",
     ]
     for e in general:
         before = f"{_fmt(e['before'])} ({e['before_n']})" if "before" in e else "–"
         same = _fmt(e.get("after_on_before_examples"))
+        change = (
+            _change(e["measure"], e["from_unedited"], e["from_unedited_ci"])
+            if "from_unedited" in e
+            else "–"
+        )
         lines.append(
             f"| {e['job']} | {e['checkpoint']} | {e['measure']} | {before} | {same} | "
-            f"{_fmt(e['after'])}{_ci(e['after_ci'])} ({e['n']}) |"
+            f"{_fmt(e['after'])}{_ci(e['after_ci'])} ({e['n']}) | {change} |"
         )
     lines += ["", "## The survey's claims (after)", ""]
     lines += [f"- {c['claim']}: **{c['verdict']}**. {c['sentence']}" for c in claims]
