@@ -111,22 +111,24 @@ def general_before(rows: list[dict]) -> dict[tuple[str, int, str], tuple[float, 
     }
 
 
-def mean_estimate(values: np.ndarray):
+def _bootstrap_mean(values: np.ndarray):
     return estimate(lambda rows: values[rows].mean(-1), len(values))
 
 
-def case_table(before: dict, after: dict) -> list[dict]:
-    """One entry per (job, checkpoint, measure) of the after bench."""
+def case_table(before: dict, after: dict, summary: BenchSummary) -> list[dict]:
+    """One entry per (job, checkpoint, measure) of the after bench: its value and interval as
+    the bench report gives them, and the paired change from the before bench."""
     entries = []
     for (job, checkpoint, measure), cases in sorted(after.items()):
         ids = sorted(cases, key=lambda c: (len(c), c))
         post = np.array([cases[c] for c in ids])
+        found = summary.estimate(job, checkpoint, measure)
         entry = {
             "job": job,
             "checkpoint": checkpoint,
             "measure": measure,
-            "after": float(post.mean()),
-            "after_ci": _interval(mean_estimate(post)),
+            "after": found.value if found else float(post.mean()),
+            "after_ci": _interval(found),
             "n": len(ids),
         }
         old = before.get((job, checkpoint, measure))
@@ -136,7 +138,7 @@ def case_table(before: dict, after: dict) -> list[dict]:
             entry |= {
                 "before": float(pre.mean()),
                 "change": float(change.mean()),
-                "change_ci": _interval(mean_estimate(change)),
+                "change_ci": _interval(_bootstrap_mean(change)),
                 "cases_changed": int((np.abs(change) > 1e-9).sum()),
             }
         entries.append(entry)
@@ -251,12 +253,12 @@ def moved_sections(entries: list[dict]) -> list[str]:
     return lines
 
 
-def verdicts(folder: Path) -> list[dict]:
+def verdicts(summary: BenchSummary) -> list[dict]:
     """The after bench's verdict on each of the survey's claims, with the sentence (and its
     intervals) that decided it."""
     return [
         {"claim": f.claim, "verdict": f.verdict, "sentence": f.sentence, "needed": f.needed}
-        for f in evaluate_claims(BenchSummary.load(folder))
+        for f in evaluate_claims(summary)
     ]
 
 
@@ -307,9 +309,10 @@ def main() -> None:
     args = parser.parse_args()
     before_rows = read_before(args.before)
     store = BenchStore(args.after, create=False)
-    cases = case_table(case_values(before_rows), case_values(store.results()))
+    summary = BenchSummary.load(args.after)
+    cases = case_table(case_values(before_rows), case_values(store.results()), summary)
     general = general_table(store, general_before(before_rows))
-    claims = verdicts(args.after)
+    claims = verdicts(summary)
     text = markdown(cases, general, claims)
     out = args.out or args.after
     out.mkdir(parents=True, exist_ok=True)
