@@ -8,9 +8,9 @@ at dd07874 is ``benchmarks/results/regression-e8b86c4-dd07874/after.csv.gz``); A
 bench folder (its ``bench.sqlite``) of the same cases and seed at a later commit. For every job
 and checkpoint:
 
-* each case measure's mean before and after, the after mean's 95% bootstrap interval over the
-  cases, and the paired change (after - before on the same cases, bootstrap over them) with the
-  number of cases whose value changed;
+* each case measure's pooled mean before and after (as the bench report pools it), the after
+  mean's 95% bootstrap interval over the cases, and the paired change (after - before on the
+  same cases, bootstrap over them) with the number of cases whose value changed;
 * each general-ability task the after bench measured: its score on all its examples with the
   interval over them, and, where the before bench measured the same task on fewer examples,
   both scores on those examples alone (the first N of the after sample: the tasks select the
@@ -90,15 +90,15 @@ def number(value) -> float | None:
     return float(value)
 
 
-def case_values(rows: list[dict]) -> dict[tuple[str, int, str], dict[str, float]]:
-    """(job, checkpoint, measure) -> case -> post value, for the case measures."""
-    out: dict[tuple[str, int, str], dict[str, float]] = defaultdict(dict)
+def case_values(rows: list[dict]) -> dict[tuple[str, int, str], dict[str, tuple[float, float]]]:
+    """(job, checkpoint, measure) -> case -> (post value, pooling weight), for the case
+    measures."""
+    out: dict[tuple[str, int, str], dict[str, tuple[float, float]]] = defaultdict(dict)
     for r in rows:
         if r["group"] == "general" or number(r["post"]) is None:
             continue
-        out[(r["job_id"], int(r["checkpoint"]), r["measure"])][str(r["case_id"])] = number(
-            r["post"]
-        )
+        key = (r["job_id"], int(r["checkpoint"]), r["measure"])
+        out[key][str(r["case_id"])] = (number(r["post"]), number(r["weight"]) or 1.0)
     return out
 
 
@@ -111,8 +111,15 @@ def general_before(rows: list[dict]) -> dict[tuple[str, int, str], tuple[float, 
     }
 
 
-def _bootstrap_mean(values: np.ndarray):
-    return estimate(lambda rows: values[rows].mean(-1), len(values))
+def _pooled(values: np.ndarray, weights: np.ndarray) -> float:
+    return float((values * weights).sum() / weights.sum())
+
+
+def _bootstrap_pooled(values: np.ndarray, weights: np.ndarray):
+    """The pooled (weighted) mean, as the report pools a measure over cases, with its interval."""
+    return estimate(
+        lambda rows: (values[rows] * weights[rows]).sum(-1) / weights[rows].sum(-1), len(values)
+    )
 
 
 def case_table(before: dict, after: dict, summary: BenchSummary) -> list[dict]:
@@ -121,24 +128,25 @@ def case_table(before: dict, after: dict, summary: BenchSummary) -> list[dict]:
     entries = []
     for (job, checkpoint, measure), cases in sorted(after.items()):
         ids = sorted(cases, key=lambda c: (len(c), c))
-        post = np.array([cases[c] for c in ids])
+        post = np.array([cases[c][0] for c in ids])
+        weights = np.array([cases[c][1] for c in ids])
         found = summary.estimate(job, checkpoint, measure)
         entry = {
             "job": job,
             "checkpoint": checkpoint,
             "measure": measure,
-            "after": found.value if found else float(post.mean()),
+            "after": found.value if found else _pooled(post, weights),
             "after_ci": _interval(found),
             "n": len(ids),
         }
         old = before.get((job, checkpoint, measure))
         if old is not None and set(old) == set(ids):
-            pre = np.array([old[c] for c in ids])
-            change = post - pre
+            pre = np.array([old[c][0] for c in ids])
+            change = post - pre  # a case's probes are the same before and after: same weights
             entry |= {
-                "before": float(pre.mean()),
-                "change": float(change.mean()),
-                "change_ci": _interval(_bootstrap_mean(change)),
+                "before": _pooled(pre, weights),
+                "change": _pooled(change, weights),
+                "change_ci": _interval(_bootstrap_pooled(change, weights)),
                 "cases_changed": int((np.abs(change) > 1e-9).sum()),
             }
         entries.append(entry)
