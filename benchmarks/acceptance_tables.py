@@ -39,7 +39,7 @@ from kedit.bench.details import general_results
 from kedit.bench.findings import evaluate_claims
 from kedit.bench.store import BenchStore
 from kedit.bench.summary import BenchSummary
-from kedit.eval.formulas.uncertainty import estimate
+from kedit.eval.formulas.uncertainty import estimate, mean_estimate, value_of, weighted_mean
 from kedit.eval.general.task import GENERAL_TASKS, change_estimate
 
 #: the measures shown in the tables (every measure is in the JSON)
@@ -112,14 +112,7 @@ def general_before(rows: list[dict]) -> dict[tuple[str, int, str], tuple[float, 
 
 
 def _pooled(values: np.ndarray, weights: np.ndarray) -> float:
-    return float((values * weights).sum() / weights.sum())
-
-
-def _bootstrap_pooled(values: np.ndarray, weights: np.ndarray):
-    """The pooled (weighted) mean, as the report pools a measure over cases, with its interval."""
-    return estimate(
-        lambda rows: (values[rows] * weights[rows]).sum(-1) / weights[rows].sum(-1), len(values)
-    )
+    return value_of(weighted_mean(values, weights), len(values))
 
 
 def case_table(before: dict, after: dict, summary: BenchSummary) -> list[dict]:
@@ -146,7 +139,7 @@ def case_table(before: dict, after: dict, summary: BenchSummary) -> list[dict]:
             entry |= {
                 "before": _pooled(pre, weights),
                 "change": _pooled(change, weights),
-                "change_ci": _interval(_bootstrap_pooled(change, weights)),
+                "change_ci": _interval(mean_estimate(change, weights)),
                 "cases_changed": int((np.abs(change) > 1e-9).sum()),
             }
         entries.append(entry)
