@@ -17,6 +17,7 @@ import yaml
 
 from kedit.bench import BenchPlan, BenchStore, run_bench
 from kedit.bench.plan import BASELINE_JOB
+from kedit.bench.work import BenchWorker, JobShard
 from kedit.eval.rows import MeasureRow
 from tests.conftest import REPO, assert_same_state, data_dir, snapshot, tiny_model
 from tests.tiny_configs import TINY
@@ -68,7 +69,7 @@ def stored(bench_dir: Path) -> tuple[list[tuple], list[tuple]]:
 
 
 def test_a_local_bench_stores_every_case_measure_and_checkpoint(
-    model_dir, corpus_file, tmp_path, tokenizer
+    model_dir, corpus_file, tmp_path, tokenizer, monkeypatch
 ):
     from kedit.model.loading import load_model
 
@@ -115,6 +116,32 @@ def test_a_local_bench_stores_every_case_measure_and_checkpoint(
     # the same command again finds everything done and writes nothing
     again = run_bench(plan, tmp_path / "bench", model=model, tok=tok, progress=False)
     assert again.written == 0
+
+    # each checkpoint a shard of its own, replaying the edits before it: the very same rows
+    split = make_plan(
+        model_dir,
+        corpus_file,
+        tmp_path / "cache",
+        scenarios=["sequential:1,3,5"],
+        split_checkpoints=True,
+    )
+    ran: list[frozenset] = []
+    run_shard = BenchWorker.run
+
+    def spy(worker: BenchWorker, piece: JobShard):
+        ran.append(piece.shard.units)
+        yield from run_shard(worker, piece)
+
+    monkeypatch.setattr(BenchWorker, "run", spy)
+    run_bench(split, tmp_path / "split", model=model, tok=tok, progress=False)
+    per_checkpoint = ["checkpoint@0"] + 2 * [f"checkpoint@{k}" for k in (1, 3, 5)]
+    assert sorted(map(sorted, ran)) == sorted([u] for u in per_checkpoint)
+
+    def sequences(folder: str) -> list[tuple]:
+        rows = stored(tmp_path / folder)[0]
+        return [r for r in rows if r[0] == BASELINE_JOB or "sequential" in r[0]]
+
+    assert len(sequences("split")) > 30 and sequences("split") == sequences("bench")
     with pytest.raises(ValueError, match="differs in seed"):
         run_bench(make_plan(model_dir, corpus_file, tmp_path / "cache", seed=1), tmp_path / "bench")
 
@@ -213,7 +240,10 @@ def test_a_ray_bench_gives_the_local_numbers(model_dir, corpus_file, tmp_path):
         run_bench(make_plan(model_dir, corpus_file, tmp_path / "c1"), tmp_path / "local")
     finally:
         torch.set_num_threads(threads)
-    plan = make_plan(model_dir, corpus_file, tmp_path / "c2", executor="ray", workers=2)
+    # with each checkpoint a shard of its own (so both workers share the sequences too)
+    plan = make_plan(
+        model_dir, corpus_file, tmp_path / "c2", executor="ray", workers=2, split_checkpoints=True
+    )
     try:
         outcome = run_bench(plan, tmp_path / "ray", progress=False)
     finally:

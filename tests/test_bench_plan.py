@@ -79,6 +79,19 @@ def test_a_plan_file_reads_like_the_options(tmp_path):
     path.write_text(yaml.safe_dump({"methods": ["rome"], "scenarios": ["single"], "lmit": 3}))
     with pytest.raises(ValueError, match="unknown plan key"):
         BenchPlan.from_yaml(path)
+    # how shards are cut is no part of the identity a resumed bench must match
+    from kedit.cli import build_parser
+    from kedit.cli_bench import plan_from_args
+
+    parser = build_parser()
+    args = ["bench", "--plan", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "b")]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"methods": "ike", "scenarios": "single"}))
+    assert not plan_from_args(parser.parse_args(args)).split_checkpoints
+    split = plan_from_args(parser.parse_args([*args, "--split-checkpoints"]))
+    assert (
+        split.split_checkpoints
+        and split.identity() == plan_from_args(parser.parse_args(args)).identity()
+    )
 
 
 def test_shards_are_fixed_by_position_and_skip_finished_units():
@@ -96,6 +109,15 @@ def test_shards_are_fixed_by_position_and_skip_finished_units():
     assert sequential.shards(ids, {"checkpoint@1", "checkpoint@10"}) == []
     immediate = Sequential((4,), 2, "immediate")
     assert immediate.units(ids) == {"edit@2", "edit@4"}
+    # split: a shard per checkpoint, each with the whole sequence's cases (its unedited pass)
+    split = sequential.shards(ids, set(), split=True)
+    assert [(s.case_ids, s.units) for s in split] == [
+        (tuple(ids[:10]), {"checkpoint@1"}),
+        (tuple(ids[:10]), {"checkpoint@10"}),
+    ]
+    assert sequential.shards(ids, {"checkpoint@1"}, split=True) == [split[1]]
+    assert immediate.shards(ids, set(), split=True) == immediate.shards(ids, set())
+    assert single.shards(ids, set(), split=True) == single.shards(ids, set())
 
 
 # -- the store ----------------------------------------------------------------------------------

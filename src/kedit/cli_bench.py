@@ -65,6 +65,13 @@ def add_bench_parsers(sub: Any) -> None:
     bench.add_argument("--executor", choices=["local", "ray"], help="local (default) or ray")
     bench.add_argument("--workers", type=int, help="Ray workers (default: one per GPU, else 1)")
     bench.add_argument("--ray-address", help="an existing Ray cluster (default: start one here)")
+    bench.add_argument(
+        "--split-checkpoints",
+        action="store_true",
+        help="run each checkpoint of a sequential job as its own shard, replaying the edits "
+        "before it: more edits, but several workers evaluate one job's checkpoints at once "
+        "(for jobs whose general-ability evaluations dominate; the numbers are the same)",
+    )
     bench.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     bench.add_argument("--dtype", help="auto, float32, bfloat16, float16")
     bench.add_argument("--data-dir", help="benchmark data folder (default $KEDIT_DATA_DIR)")
@@ -101,6 +108,7 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
         "cache_dir": args.cache_dir,
         "stats_corpus": args.stats_corpus,
         "seed": args.seed,
+        "split_checkpoints": args.split_checkpoints or None,
     }
     data.update({k: v for k, v in given.items() if v is not None})
     if args.methods:

@@ -103,7 +103,8 @@ def _plan_work(
             continue
         finished = store.finished_units(job.job_id)
         expected[job.job_id] = job.protocol.units(case_ids)
-        todo = [JobShard(job, s) for s in job.protocol.shards(case_ids, finished)]
+        shards_left = job.protocol.shards(case_ids, finished, split=plan.split_checkpoints)
+        todo = [JobShard(job, s) for s in shards_left]
         if not todo:
             store.finish_job(job.job_id)
             outcome.status[job.job_id] = "done"
@@ -163,8 +164,10 @@ class _Display:
 
 
 def _steps(piece: JobShard) -> int:
-    """Progress steps a shard reports: its pending cases, or every edit of a sequence."""
+    """Progress steps a shard reports: its pending cases, or a sequence's edits up to its last
+    pending point."""
     protocol, shard = piece.job.protocol, piece.shard
     if isinstance(protocol, Sequential):
-        return len(shard.case_ids)
+        points = protocol.scoring_points()
+        return max(k for k, unit in points.items() if unit in shard.units)
     return len(shard.units) * protocol.update_size()  # the last batch may be short

@@ -77,6 +77,9 @@ class BenchPlan:
     executor: str = "local"
     workers: int | None = None
     ray_address: str | None = None
+    #: each checkpoint of a sequential job its own shard (replaying the edits before it), so
+    #: that several workers evaluate one job's checkpoints side by side
+    split_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         self.methods = [METHODS.canonical(m) if m in METHODS else m for m in self.methods]

@@ -299,15 +299,18 @@ class Engine:
         """Edit the shard's cases one update after another; at each pending scoring point,
         score the cases edited so far or the protocol's sample of them (final) or the update's
         cases (immediate), and general ability. Updates before a finished point are replayed
-        without scoring. Only the scored cases are scored unedited, and the session keeps no
-        edit to roll back alone (a rollback window of 0): restore data stays one copy of the
-        touched weights however many edits the sequence makes."""
+        without scoring, and none is made after the shard's last point. Only the cases some
+        point scores are scored unedited, and the session keeps no edit to roll back alone (a
+        rollback window of 0): restore data stays one copy of the touched weights however many
+        edits the sequence makes."""
         cases = self.cases_of(shard.case_ids)
         points = protocol.scoring_points()
         pending = sorted(k for k, unit in points.items() if unit in shard.units)
         if not pending:
             return
-        scored_at = {k: protocol.scored_positions(k, self.env.seed) for k in pending}
+        # every point's cases are scored unedited, pending or not: a resumed or split shard then
+        # batches that pass exactly as an uninterrupted run does, to the last bit
+        scored_at = {k: protocol.scored_positions(k, self.env.seed) for k in points}
         needed = sorted(set().union(*scored_at.values()))
         scores = self.unedited([cases[i] for i in needed], metrics)
         costs: dict[str, dict[str, Any]] = {}
