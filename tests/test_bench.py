@@ -185,6 +185,38 @@ def test_a_method_without_its_trained_editor_fails_before_any_case(
         assert not [c for c in store.cases() if c["job_id"] == "mend/single"]
 
 
+def test_a_finished_job_stays_done_when_its_method_cannot_be_set_up_again(
+    model_dir, corpus_file, tmp_path, monkeypatch
+):
+    plan = make_plan(
+        model_dir,
+        corpus_file,
+        tmp_path / "cache",
+        methods=["grace"],
+        scenarios=["single"],
+        general=[],
+        overrides={"grace": TINY["grace"]},
+    )
+    assert run_bench(plan, tmp_path / "bench", progress=False).status == {"grace/single": "done"}
+    before = stored(tmp_path / "bench")
+
+    def cannot_set_up(self, job):  # e.g. a trained editor no longer in the cache
+        raise FileNotFoundError("no trained editor")
+
+    monkeypatch.setattr(BenchWorker, "describe", cannot_set_up)
+    again = run_bench(plan, tmp_path / "bench", progress=False)
+    assert again.status == {"grace/single": "done"} and not again.failures
+    with BenchStore(tmp_path / "bench") as store:
+        assert [j["status"] for j in store.jobs()] == ["done"]
+    assert stored(tmp_path / "bench") == before and len(before[0]) > 0
+    # with a unit still to run, the job cannot be finished without its method: it fails
+    with sqlite3.connect(tmp_path / "bench" / "bench.sqlite") as conn:
+        conn.execute("DELETE FROM units WHERE rowid = (SELECT MIN(rowid) FROM units)")
+    outcome = run_bench(plan, tmp_path / "bench", progress=False)
+    assert outcome.status == {"grace/single": "failed"}
+    assert "no trained editor" in outcome.failures["grace/single"]
+
+
 def _bench_command(plan_file: Path, out: Path) -> list[str]:
     options = ["--plan", str(plan_file), "--out", str(out), "--quiet", "--no-report"]
     return [sys.executable, "-m", "kedit.cli", "bench", *options]

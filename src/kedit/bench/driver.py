@@ -9,6 +9,7 @@ it at any moment and run the same command again: it finishes what is missing, no
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from kedit.bench.executors import EXECUTORS, ShardFailed
-from kedit.bench.plan import BASELINE, BenchPlan
+from kedit.bench.plan import BASELINE, BenchPlan, Job
 from kedit.bench.store import BenchStore, UnitResult
 from kedit.bench.work import JobProgress, JobShard, plan_environment
 from kedit.eval.protocols import Sequential
 from kedit.eval.selection import select_cases
 from kedit.methods import METHODS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,6 +94,16 @@ def _plan_work(
     for job in jobs:
         info = infos[job.job_id]
         if "error" in info:  # its method could not be set up: record why, run the others
+            if _complete(store, job, case_ids):  # nothing left to run, so nothing is lost
+                log.warning(
+                    "%s cannot be set up now (%s); its stored results are complete "
+                    "and stay as they are",
+                    job.job_id,
+                    info["error"],
+                )
+                store.finish_job(job.job_id)
+                outcome.status[job.job_id] = "done"
+                continue
             if not store.has_job(job.job_id):
                 store.open_job(job.job_id, job.method, str(job.protocol), info)
             _record_failure(store, ShardFailed(job.job_id, info["error"]), outcome)
@@ -110,6 +123,14 @@ def _plan_work(
             outcome.status[job.job_id] = "done"
         shards += todo
     return shards, expected
+
+
+def _complete(store: BenchStore, job: Job, case_ids: list[str]) -> bool:
+    """Whether a stored job finished every unit it has (a rerun of a finished bench must not
+    mark it failed because, say, a trained editor it used is no longer in the cache)."""
+    return store.has_job(job.job_id) and job.protocol.units(case_ids) <= store.finished_units(
+        job.job_id
+    )
 
 
 def _record_failure(store: BenchStore, failure: ShardFailed, outcome: BenchOutcome) -> None:
