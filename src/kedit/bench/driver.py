@@ -104,6 +104,7 @@ def _plan_work(
                 store.finish_job(job.job_id)
                 outcome.status[job.job_id] = "done"
                 continue
+            log.error("cannot set up %s: %s", job.job_id, info["error"])
             if not store.has_job(job.job_id):
                 store.open_job(job.job_id, job.method, str(job.protocol), info)
             _record_failure(store, ShardFailed(job.job_id, info["error"]), outcome)

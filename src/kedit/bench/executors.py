@@ -51,11 +51,11 @@ class LocalExecutor:
 
 
 def _describe(worker: BenchWorker, job: Job) -> dict[str, Any]:
-    """A job's metadata, or ``{"error": ...}`` if its method cannot be set up."""
+    """A job's metadata, or ``{"error": ...}`` if its method cannot be set up (the driver says
+    so, or, for a job already finished, that it stays as it is)."""
     try:
         return worker.describe(job)
     except Exception as err:
-        log.error("cannot set up %s: %s", job.job_id, err)
         return {"error": f"{type(err).__name__}: {err}"}
 
 
