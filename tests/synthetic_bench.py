@@ -107,8 +107,7 @@ RELATED = {"ike": {0}, "ft-l": {1}, "rome": {1, 2, 3, 4}, "memit": {1, 2, 3}}
 
 def first(share: float, n: int) -> list[float]:
     """0/1 outcomes of ``n`` cases ordered by difficulty: the first round(share * n) succeed."""
-    m = round(share * n)
-    return [1.0 if i < m else 0.0 for i in range(n)]
+    return [1.0 if i < round(share * n) else 0.0 for i in range(n)]
 
 
 # -- general ability -------------------------------------------------------------------------

@@ -90,8 +90,7 @@ class ValueConfig(MethodConfig):
 class ValueSearch:
     """Hyperparameters of the v* optimisation (the fields of the same names in ROME/MEMIT).
 
-    ``nll_factor`` and ``relax_when_top1`` are PMET's (see :func:`relaxation`).
-    """
+    ``nll_factor`` and ``relax_when_top1`` are PMET's (see :func:`relaxation`)."""
 
     steps: int
     lr: float
