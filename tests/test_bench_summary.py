@@ -215,11 +215,14 @@ def test_plan_order_and_read_only_store(bench, tmp_path):
     order = ["memit", "ft-l", "mend", "rome", "kn", "grace", "ike"]
     with BenchStore(root) as store:
         store.record_plan({"methods": ["ike", "rome"], "seed": 0})
-        store.record_plan({"methods": order, "seed": 0})  # the last run's plan wins
-        store.check_identity({"model": MODEL, "dataset": DATASET, "limit": N_CASES, "seed": 0})
+        store.record_plan({"methods": order, "seed": 0})  # a run of them all sets the order
+        store.record_plan({"methods": ["ft-l"], "seed": 0})  # finishing one job keeps it
         assert store.plan()["methods"] == order
+        store.record_plan({"methods": ["wise", "ike"], "seed": 0})  # a new method goes last
+        store.check_identity({"model": MODEL, "dataset": DATASET, "limit": N_CASES, "seed": 0})
+        assert store.plan()["methods"] == [*order, "wise"]
         # a reader while the writer is open
-        assert summarize_bench(root).plan["methods"] == order
+        assert summarize_bench(root).plan["methods"] == [*order, "wise"]
     with BenchStore(root, create=False) as store:
         assert store.read_only
         with pytest.raises(sqlite3.OperationalError, match="readonly"):

@@ -3,7 +3,8 @@
 Tables (one row per ...):
 
 * ``bench``: key / value (JSON): the plan's ``identity``, the schema version and the last run's
-  ``plan`` (its method order, for the report; not checked on resume);
+  ``plan`` (its method order, for the report, kept by a run of only some methods; not checked
+  on resume);
 * ``jobs``: job (``method/scenario``) with its run metadata as JSON in ``info`` (model and its
   fingerprint, method config, package versions, seed, device, dataset, measures, skipped
   measures), ``status`` (``running``, ``done``, ``not applicable``) and a ``note`` saying why;
@@ -148,8 +149,13 @@ class BenchStore:
 
     def record_plan(self, plan: dict[str, Any]) -> None:
         """Store the plan of this run (``BenchPlan.to_dict()``) under key ``plan``, replacing
-        the previous run's: the report orders methods as it lists them. Not part of the
-        identity a resumed bench must match."""
+        the previous run's: the report orders methods as it lists them. A run of only some of
+        the bench's methods (finishing one job) keeps the order before it, its new methods
+        appended. Not part of the identity a resumed bench must match."""
+        before = self.plan().get("methods") or []
+        methods = plan.get("methods") or []
+        if not set(before) <= set(methods):
+            plan = plan | {"methods": [*before, *(m for m in methods if m not in before)]}
         with self._transaction():
             self.conn.execute(
                 "INSERT INTO bench VALUES ('plan', ?) "
