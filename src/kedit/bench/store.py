@@ -148,9 +148,9 @@ class BenchStore:
             )
 
     def record_plan(self, plan: dict[str, Any]) -> None:
-        """Store the plan of this run (``BenchPlan.to_dict()``) under key ``plan``, replacing
-        the previous run's: the report orders methods as it lists them. A run of only some of
-        the bench's methods (finishing one job) keeps the order before it, its new methods
+        """Store this run's plan (``BenchPlan.to_dict()``) under key ``plan``; the report
+        orders methods as its ``methods`` lists them. A run that covers every recorded method
+        sets that order; a run of only some (finishing one job) keeps it, with its new methods
         appended. Not part of the identity a resumed bench must match."""
         before = self.plan().get("methods") or []
         methods = plan.get("methods") or []
